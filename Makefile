@@ -2,6 +2,7 @@
 #   make run    the whole platform on embedded PostgreSQL + Redis
 #   make test   the whole suite (starts its own PostgreSQL and Redis)
 #   make lint   ruff, ruff format --check, mypy, buf lint
+#   make bench  benchmarks (medians of 3 runs; minutes, not part of make test)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 # buf breaking compares the contracts with this git ref (override: make proto-breaking AGAINST=...).
 AGAINST ?= .git\#branch=main,subdir=protos
 
-.PHONY: install proto run test lint format proto-breaking clean
+.PHONY: install proto run test lint format proto-breaking bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required (set PYTHON=...)"'
@@ -35,6 +36,9 @@ lint: proto
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	cd protos && ../$(BIN)/buf lint
+
+bench: proto
+	$(BIN)/python -m loadtests.bench_calibration --runs 3 --seconds 5 --in-flight 64
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -8,11 +8,11 @@ service. The editable install puts shared/gen on sys.path, so it imports as `loy
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import grpc_tools
-from grpc_tools import protoc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO_ROOT / "protos"
@@ -32,6 +32,8 @@ def generate() -> None:
     OUTPUT_ROOT.mkdir(parents=True)
     files = proto_files()
     args = [
+        sys.executable,
+        "-m",
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{WELL_KNOWN_TYPES}",
@@ -43,8 +45,10 @@ def generate() -> None:
         f"--mypy_grpc_out={OUTPUT_ROOT}",
         *files,
     ]
-    if protoc.main(args) != 0:
-        sys.exit("protoc failed; see the messages above")
+    # A subprocess, so the plugins' per-file chatter can be dropped unless something fails.
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"protoc failed:\n{result.stdout}{result.stderr}")
     add_package_markers()
     print(f"generated {len(files)} proto files into {OUTPUT_ROOT.relative_to(REPO_ROOT)}")
 
