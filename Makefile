@@ -8,10 +8,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# buf breaking compares the contracts with this git ref (override: make proto-breaking AGAINST=...).
+# `make proto-breaking` compares the contracts with this git ref (override with AGAINST=...).
 AGAINST ?= .git\#branch=main,subdir=protos
+# The released v1 contract; CI checks every change against it (see `make proto-baseline`).
+BASELINE := protos/baseline/loyalty-v1.binpb
 
-.PHONY: install proto run test lint format proto-breaking bench clean
+.PHONY: install proto run test lint format proto-breaking proto-breaking-baseline proto-baseline bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required (set PYTHON=...)"'
@@ -46,6 +48,15 @@ format: install
 
 proto-breaking: install
 	cd protos && ../$(BIN)/buf breaking --against '../$(AGAINST)'
+
+# CI: a clean clone of main compared with main could never fail, so CI compares with the
+# committed baseline image instead. A deliberate breaking change regenerates the baseline in
+# the same commit (make proto-baseline), where a reviewer sees it.
+proto-breaking-baseline: install
+	cd protos && ../$(BIN)/buf breaking --against '../$(BASELINE)'
+
+proto-baseline: install
+	cd protos && ../$(BIN)/buf build --exclude-source-info -o '../$(BASELINE)'
 
 clean:
 	rm -rf $(VENV) shared/gen .data .pytest_cache .mypy_cache .ruff_cache
