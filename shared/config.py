@@ -211,3 +211,8 @@ def grpc_target(service: str, environ: Mapping[str, str] | None = None) -> str:
     read = _Reader(service, env)
     port = read.get("GRPC_PORT", int_between(1, 65535), DEFAULT_GRPC_PORTS[service])
     return f"127.0.0.1:{port}"
+
+
+def read_setting(service: str, name: str, parse: Parser, default: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """A service-specific setting, read and validated like the common ones (ConfigError names it)."""
+    return _Reader(service, os.environ if environ is None else environ).get(name, parse, default)

@@ -15,8 +15,8 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
 import uvloop
@@ -58,6 +58,8 @@ class Runtime:
     pool: asyncpg.Pool
     redis: Redis
     traced: bool
+    # Run after in-flight calls finished and before the pools close (stop writers, workers).
+    shutdown_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 Register = Callable[[aio.Server, Runtime], Sequence[ServiceDescriptor]]
@@ -143,6 +145,8 @@ async def _serve_with(
     await monitor.enter_graceful_shutdown()
     started = time.monotonic()
     await server.stop(config.shutdown_grace_s)
+    for hook in runtime.shutdown_hooks:
+        await hook()
     monitor_task.cancel()
     log.info("stopped", extra={"drain_s": round(time.monotonic() - started, 3)})
 

@@ -1,32 +1,295 @@
 """gRPC edge of the wallet service (the double-entry points ledger).
 
-The ledger's business logic is issue #3; until it lands every WalletService RPC answers
-UNIMPLEMENTED with ErrorInfo reason NOT_IMPLEMENTED naming the method and the issue.
+Proto in, domain values to the use cases, proto out; refusals as DomainError (mapped to rich
+statuses by the shared edge). RPCs not built yet answer UNIMPLEMENTED naming issue #3.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Sequence
 
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
+from loyalty.common.v1 import types_pb2
 from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
+from services.wallet import mapping, usecases, worker
+from services.wallet.domain.accounts import kind_violations
+from services.wallet.domain.ledger import BATCH_SIZE_MAX
+from services.wallet.domain.model import SystemRole, Unit
+from services.wallet.writer import TransferWriter
+from shared.config import float_between, int_between, read_setting
+from shared.errors import DomainError, FieldViolation, Reason, invalid_argument
 from shared.server import Runtime
 from shared.servicers import add_service
 
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{8,128}")
+ACCOUNT_IDS_MAX = 100
+PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 50, 1000
+
+
+def _require_key_and_actor(request: object) -> list[FieldViolation]:
+    violations = []
+    if not IDEMPOTENCY_KEY.fullmatch(request.idempotency_key.key):  # type: ignore[attr-defined]
+        violations.append(FieldViolation("idempotency_key.key", "8..128 characters from [A-Za-z0-9._:-]"))
+    actor = request.actor  # type: ignore[attr-defined]
+    if actor.type == types_pb2.ACTOR_TYPE_UNSPECIFIED or not actor.id:
+        violations.append(FieldViolation("actor", "required: type and id of who asks"))
+    return violations
+
+
+def _raise_if(violations: Sequence[FieldViolation]) -> None:
+    if violations:
+        raise invalid_argument(violations)
+
+
+def _page_size(requested: int) -> int:
+    if requested < 0:
+        raise invalid_argument([FieldViolation("page_size", "must not be negative")])
+    return min(requested or PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, runtime: Runtime, writer: TransferWriter) -> None:
+        self.pool = runtime.pool
+        self.writer = writer
+
+    # -- kinds and accounts --------------------------------------------------------------------
+
+    async def CreateAccountKind(
+        self, request: wallet_pb2.CreateAccountKindRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.CreateAccountKindResponse:
+        kind = mapping.account_kind(request.account_kind)
+        violations = _require_key_and_actor(request) + [FieldViolation(f, d) for f, d in kind_violations(kind)]
+        _raise_if(violations)
+        stored = await usecases.create_kind(self.pool, kind)
+        return wallet_pb2.CreateAccountKindResponse(account_kind=mapping.account_kind_message(stored))
+
+    async def ListAccountKinds(
+        self, request: wallet_pb2.ListAccountKindsRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.ListAccountKindsResponse:
+        _raise_if([FieldViolation("program_id", "required")] if not request.program_id else [])
+        kinds = await usecases.list_kinds(self.pool, request.program_id)
+        # A program has a handful of kinds: one page always holds them all.
+        return wallet_pb2.ListAccountKindsResponse(account_kinds=[mapping.account_kind_message(k) for k in kinds])
+
+    async def OpenMemberAccounts(
+        self, request: wallet_pb2.OpenMemberAccountsRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.OpenMemberAccountsResponse:
+        violations = _require_key_and_actor(request)
+        if not request.program_id:
+            violations.append(FieldViolation("program_id", "required"))
+        if not 1 <= len(request.member_id) <= 64:
+            violations.append(FieldViolation("member_id", "required, at most 64 characters"))
+        _raise_if(violations)
+        opened = await usecases.open_member_accounts(
+            self.pool, program_id=request.program_id, member_id=request.member_id, kinds=list(request.kinds)
+        )
+        master = await self._master_account(opened.master_account_id, request.program_id, request.member_id)
+        return wallet_pb2.OpenMemberAccountsResponse(
+            master_account=master,
+            master_account_created=opened.master_created,
+            opened_account_ids=opened.opened_account_ids,
+        )
+
+    async def OpenSystemAccount(
+        self, request: wallet_pb2.OpenSystemAccountRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.OpenSystemAccountResponse:
+        violations = _require_key_and_actor(request)
+        if not request.program_id:
+            violations.append(FieldViolation("program_id", "required"))
+        if request.role == wallet_pb2.SYSTEM_ACCOUNT_ROLE_UNSPECIFIED:
+            violations.append(FieldViolation("role", "required"))
+        per_partner = request.role in (
+            wallet_pb2.SYSTEM_ACCOUNT_ROLE_ISSUANCE,
+            wallet_pb2.SYSTEM_ACCOUNT_ROLE_REDEMPTION,
+        )
+        if request.role == wallet_pb2.SYSTEM_ACCOUNT_ROLE_PARTNER_LIABILITY and not request.partner_id:
+            violations.append(FieldViolation("partner_id", "required for PARTNER_LIABILITY"))
+        elif request.partner_id and not (
+            per_partner or request.role == wallet_pb2.SYSTEM_ACCOUNT_ROLE_PARTNER_LIABILITY
+        ):
+            violations.append(FieldViolation("partner_id", "must be empty for EXPIRY and ADJUSTMENT"))
+        _raise_if(violations)
+        unit = Unit(request.unit.type, request.unit.currency_code, request.unit.scale)
+        account_id, created = await usecases.open_system_account(
+            self.pool,
+            program_id=request.program_id,
+            role=SystemRole(request.role),
+            unit=unit,
+            partner_id=request.partner_id,
+        )
+        (view,), _ = await usecases.read_accounts(self.pool, [account_id])
+        return wallet_pb2.OpenSystemAccountResponse(
+            account=mapping.account_message(view.account, view.balance), created=created
+        )
+
+    async def GetAccount(
+        self, request: wallet_pb2.GetAccountRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.GetAccountResponse:
+        views, _ = await usecases.read_accounts(self.pool, [request.account_id])
+        if not views:
+            raise DomainError(
+                Reason.ACCOUNT_NOT_FOUND,
+                f"no account {request.account_id!r}",
+                metadata={"accountId": request.account_id},
+            )
+        return wallet_pb2.GetAccountResponse(account=mapping.account_message(views[0].account, views[0].balance))
+
+    async def GetMasterAccount(
+        self, request: wallet_pb2.GetMasterAccountRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.GetMasterAccountResponse:
+        if request.master_account_id:
+            ids = await usecases.master_account_ids(self.pool, request.master_account_id)
+        elif request.program_id and request.member_id:
+            ids = await usecases.member_account_ids(
+                self.pool, program_id=request.program_id, member_id=request.member_id
+            )
+        else:
+            raise invalid_argument([FieldViolation("master_account_id", "or program_id and member_id, required")])
+        if not ids:
+            raise DomainError(Reason.ACCOUNT_NOT_FOUND, "no such master account")
+        views, _ = await usecases.read_accounts(self.pool, ids)
+        first = views[0].account
+        return wallet_pb2.GetMasterAccountResponse(
+            master_account=self._master_message(first.master_account_id, first.program_id, first.member_id, views)
+        )
+
+    async def _master_account(self, master_id: str, program_id: str, member_id: str) -> wallet_pb2.MasterAccount:
+        views, _ = await usecases.read_accounts(self.pool, await usecases.master_account_ids(self.pool, master_id))
+        return self._master_message(master_id, program_id, member_id, views)
+
+    @staticmethod
+    def _master_message(
+        master_id: str, program_id: str, member_id: str, views: Sequence[usecases.AccountView]
+    ) -> wallet_pb2.MasterAccount:
+        return wallet_pb2.MasterAccount(
+            master_account_id=master_id,
+            program_id=program_id,
+            member_id=member_id,
+            state=wallet_pb2.ACCOUNT_STATE_ACTIVE,
+            accounts=[mapping.account_message(v.account, v.balance) for v in views],
+        )
+
+    # -- the ledger ------------------------------------------------------------------------------
+
+    async def CreateTransfers(
+        self, request: wallet_pb2.CreateTransfersRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.CreateTransfersResponse:
+        if not 1 <= len(request.transfers) <= BATCH_SIZE_MAX:
+            raise invalid_argument([FieldViolation("transfers", f"1..{BATCH_SIZE_MAX} transfers")])
+        requests = [mapping.transfer_request(transfer) for transfer in request.transfers]
+        # The work is shielded: a caller that gives up (deadline) must not cancel a transaction
+        # that carries other callers' transfers too. It completes; a retry finds the outcome.
+        outcomes = await asyncio.shield(self.writer.submit(requests))
+        return wallet_pb2.CreateTransfersResponse(
+            results=[mapping.transfer_result(i, outcome) for i, outcome in enumerate(outcomes)]
+        )
+
+    async def LookupTransfers(
+        self, request: wallet_pb2.LookupTransfersRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.LookupTransfersResponse:
+        if not 1 <= len(request.transfer_ids) <= BATCH_SIZE_MAX:
+            raise invalid_argument([FieldViolation("transfer_ids", f"1..{BATCH_SIZE_MAX} ids")])
+        records = await usecases.lookup(self.pool, list(request.transfer_ids))
+        return wallet_pb2.LookupTransfersResponse(
+            transfers=[mapping.transfer_record(records[i]) for i in request.transfer_ids if i in records],
+            not_found_transfer_ids=[i for i in request.transfer_ids if i not in records],
+        )
+
+    async def GetBalances(
+        self, request: wallet_pb2.GetBalancesRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.GetBalancesResponse:
+        ids = await self._named_accounts(request)
+        views, now = await usecases.read_accounts(self.pool, ids)
+        found = {v.account.account_id for v in views}
+        missing = next((i for i in ids if i not in found), None)
+        if missing is not None:
+            raise DomainError(Reason.ACCOUNT_NOT_FOUND, f"no account {missing!r}", metadata={"accountId": missing})
+        response = wallet_pb2.GetBalancesResponse(balances=[mapping.balance_view(v.account, v.balance) for v in views])
+        mapping.set_time(response.read_time, now)
+        return response
+
+    async def _named_accounts(self, request: wallet_pb2.GetBalancesRequest) -> list[str]:
+        ways = sum((bool(request.account_ids), bool(request.master_account_id), bool(request.program_id)))
+        if ways != 1 or (request.program_id and not request.member_id):
+            raise invalid_argument(
+                [
+                    FieldViolation(
+                        "account_ids", "set exactly one of account_ids, master_account_id, program_id+member_id"
+                    )
+                ]
+            )
+        if request.account_ids:
+            if len(request.account_ids) > ACCOUNT_IDS_MAX:
+                raise invalid_argument([FieldViolation("account_ids", f"at most {ACCOUNT_IDS_MAX}")])
+            return list(request.account_ids)
+        if request.master_account_id:
+            ids = await usecases.master_account_ids(self.pool, request.master_account_id)
+        else:
+            ids = await usecases.member_account_ids(
+                self.pool, program_id=request.program_id, member_id=request.member_id
+            )
+        if not ids:
+            raise DomainError(Reason.ACCOUNT_NOT_FOUND, "the member has no accounts")
+        return ids
+
+    async def ListEntries(
+        self, request: wallet_pb2.ListEntriesRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.ListEntriesResponse:
+        if not request.account_id or request.master_account_id:
+            raise invalid_argument([FieldViolation("account_id", "required (master_account_id is not supported yet)")])
+        size = _page_size(request.page_size)
+        views, _ = await usecases.read_accounts(self.pool, [request.account_id])
+        if not views:
+            raise DomainError(Reason.ACCOUNT_NOT_FOUND, f"no account {request.account_id!r}")
+        cursor = int(request.page_token) if request.page_token.isdigit() else None
+        rows = await usecases.entries(
+            self.pool, request.account_id, after_sequence=cursor, oldest_first=request.oldest_first, limit=size + 1
+        )
+        account = views[0].account
+        entries = [mapping.entry_message(row, account.unit, account.kind) for row in rows[:size]]
+        token = str(rows[size - 1]["sequence"]) if len(rows) > size else ""
+        return wallet_pb2.ListEntriesResponse(entries=entries, next_page_token=token)
+
+    async def ListLots(
+        self, request: wallet_pb2.ListLotsRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.ListLotsResponse:
+        size = _page_size(request.page_size)
+        offset = int(request.page_token) if request.page_token.isdigit() else 0
+        lots, now = await usecases.lots(
+            self.pool, request.account_id, offset=offset, limit=size + 1, include_spent=bool(request.states)
+        )
+        wanted = set(request.states)
+        messages = [mapping.lot_message(lot, now) for lot in lots[:size]]
+        if wanted:
+            messages = [m for m in messages if m.state in wanted]
+        token = str(offset + size) if len(lots) > size else ""
+        return wallet_pb2.ListLotsResponse(lots=messages, next_page_token=token)
 
 
 def register(server: aio.Server, runtime: Runtime) -> Sequence[ServiceDescriptor]:
+    writers = read_setting("wallet", "WRITERS", int_between(1, 16), 2)
+    transfers_max = read_setting("wallet", "TRANSFERS_PER_TRANSACTION_MAX", int_between(1, 10_000), 2000)
+    work_interval_s = read_setting("wallet", "WORK_INTERVAL_S", float_between(0.05, 3600), 5.0)
+    writer = TransferWriter(runtime.pool, writers=writers, transfers_per_transaction_max=transfers_max)
+    writer.start()
+    background = asyncio.create_task(worker.run(runtime.pool, interval_s=work_interval_s), name="ledger-worker")
+
+    async def stop() -> None:
+        background.cancel()
+        await asyncio.gather(background, return_exceptions=True)
+        await writer.stop()
+
+    runtime.shutdown_hooks.append(stop)
     return [
         add_service(
             server,
             WalletServicer,
             runtime,
+            writer,
             pb2=wallet_pb2,
             pb2_grpc=wallet_pb2_grpc,
             service_name="WalletService",

@@ -1,0 +1,964 @@
+"""Applying transfers: the ledger's state machine, pure and in memory.
+
+The store loads, under row locks, everything a batch touches (accounts with their lots, earlier
+records of the batch's ids, the holds and originals they name) into a `Batch`; `Batch.apply`
+decides every transfer in order and mutates that working copy; the store then persists exactly
+what the batch records as changed, in the same database transaction. So the rules live here,
+once, and the database only has to keep what they decided (its constraints repeat the money
+invariants as a third line of defence).
+
+Invariants are checked explicitly with `ensure` (not `assert`, which `python -O` removes):
+a failed check is a bug, and the whole batch is abandoned before anything is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from services.wallet.domain.model import (
+    AMOUNT_MAX,
+    EARNING_REASONS,
+    INT64_MAX,
+    REVERSAL_REASONS,
+    SPENDING_REASONS,
+    WALLET_ONLY_REASONS,
+    Account,
+    AccountState,
+    AccountType,
+    Balance,
+    Code,
+    Direction,
+    EntryRecord,
+    EntryType,
+    ExpiryMode,
+    FreezeMode,
+    Lot,
+    Outcome,
+    OverdraftMode,
+    Reason,
+    SystemRole,
+    TransferRecord,
+    TransferRequest,
+    TransferState,
+)
+
+TIMEOUT_S_MAX = 2_592_000  # 30 days
+IMPORT_AGE_MAX = timedelta(days=90)
+CLOCK_SKEW = timedelta(minutes=5)
+REFERENCE_LENGTH_MAX = 64
+METADATA_ENTRIES_MAX = 16
+METADATA_KEY = re.compile(r"[a-z0-9_.\-]{1,64}")
+METADATA_VALUE_LENGTH_MAX = 256
+MEMO_LENGTH_MAX = 256
+TRANSFER_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+WALLET_ID_PREFIX = "wallet:"
+BATCH_SIZE_MAX = 1000
+
+
+class LedgerInvariantError(Exception):
+    """A money invariant does not hold: a bug. The batch is abandoned, nothing is written."""
+
+
+def ensure(condition: bool, message: str) -> None:
+    if not condition:
+        raise LedgerInvariantError(message)
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation: the body alone. Nothing is recorded for these.
+
+
+def validate(request: TransferRequest, *, internal: bool = False) -> Code | None:
+    """The first failing body check, in the order of the result codes, or None."""
+    flags = request.flags
+    if not TRANSFER_ID.fullmatch(request.transfer_id):
+        return Code.ID_INVALID
+    if request.transfer_id.startswith(WALLET_ID_PREFIX) and not internal:
+        return Code.ID_INVALID
+    phases = sum((flags.pending, flags.post_pending, flags.void_pending))
+    if phases > 1 or (flags.imported and flags.pending):
+        return Code.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+    if not flags.resolves_hold:
+        if not request.debit_account_id:
+            return Code.DEBIT_ACCOUNT_ID_REQUIRED
+        if not request.credit_account_id:
+            return Code.CREDIT_ACCOUNT_ID_REQUIRED
+    if request.debit_account_id and request.debit_account_id == request.credit_account_id:
+        return Code.ACCOUNTS_MUST_BE_DIFFERENT
+    if not _amount_valid(request):
+        return Code.INVALID_AMOUNT
+    if flags.resolves_hold and not request.pending_transfer_id:
+        return Code.PENDING_TRANSFER_ID_REQUIRED
+    if not flags.resolves_hold and request.pending_transfer_id:
+        return Code.PENDING_TRANSFER_ID_NOT_ALLOWED
+    if (flags.pending and not 1 <= request.timeout_s <= TIMEOUT_S_MAX) or (not flags.pending and request.timeout_s):
+        return Code.INVALID_TIMEOUT
+    if not _reason_valid(request, internal=internal):
+        return Code.INVALID_REASON
+    if any(len(value) > REFERENCE_LENGTH_MAX for value in vars(request.reference).values()):
+        return Code.INVALID_REFERENCE
+    if not _metadata_valid(request):
+        return Code.INVALID_METADATA
+    if not _lot_terms_valid(request):
+        return Code.INVALID_LOT_TERMS
+    if flags.imported and request.imported_time is None:
+        return Code.IMPORTED_TIME_REQUIRED
+    if not flags.imported and request.imported_time is not None:
+        return Code.IMPORTED_TIME_NOT_ALLOWED
+    if request.reverses_transfer_id and (flags.pending or flags.resolves_hold):
+        return Code.REVERSAL_NOT_ALLOWED
+    return None
+
+
+def _amount_valid(request: TransferRequest) -> bool:
+    if request.flags.post_pending:
+        return 0 <= request.amount <= AMOUNT_MAX
+    if request.flags.void_pending:
+        return 0 <= request.amount <= AMOUNT_MAX  # 0 or exactly the hold's: checked against the hold
+    return 1 <= request.amount <= AMOUNT_MAX
+
+
+def _reason_valid(request: TransferRequest, *, internal: bool) -> bool:
+    if request.reason == 0:
+        return request.flags.resolves_hold
+    if request.reason not in Reason._value2member_map_:
+        return False
+    reason = Reason(request.reason)
+    if reason in WALLET_ONLY_REASONS and not internal:
+        return False
+    if reason is Reason.ADJUSTMENT and not request.memo:
+        return False
+    return not (reason in REVERSAL_REASONS and not request.reverses_transfer_id)
+
+
+def _metadata_valid(request: TransferRequest) -> bool:
+    if len(request.metadata) > METADATA_ENTRIES_MAX or len(request.memo) > MEMO_LENGTH_MAX:
+        return False
+    return all(METADATA_KEY.fullmatch(k) and len(v) <= METADATA_VALUE_LENGTH_MAX for k, v in request.metadata)
+
+
+def _lot_terms_valid(request: TransferRequest) -> bool:
+    terms = request.lot_terms
+    if terms is None:
+        return True
+    if request.flags.resolves_hold:
+        return False
+    if terms.no_expiry and terms.expiry_time is not None:
+        return False
+    return not (terms.activation_time and terms.expiry_time and terms.expiry_time <= terms.activation_time)
+
+
+# ------------------------------------------------------------------------------------------------
+# Balances.
+
+
+def balance_of(account: Account, now: datetime) -> Balance:
+    """The balances of a member or pool account at `now` (O(lots), lots being what is left)."""
+    pending_lots = 0
+    expired_free = 0
+    next_expiry: datetime | None = None
+    next_expiry_amount = 0
+    for lot in account.lots:
+        if lot.remaining == 0:
+            continue
+        if not lot.is_active(now):
+            pending_lots += lot.remaining
+        if lot.is_expired(now):
+            expired_free += lot.free()  # waiting for the expiry run: no longer spendable
+            continue
+        if lot.expiry_time is not None:
+            if next_expiry is None or lot.expiry_time < next_expiry:
+                next_expiry, next_expiry_amount = lot.expiry_time, lot.remaining
+            elif lot.expiry_time == next_expiry:
+                next_expiry_amount += lot.remaining
+    available = account.posted - account.debits_pending - pending_lots - expired_free
+    return Balance(
+        account_id=account.account_id,
+        kind=account.kind,
+        available=available,
+        pending=pending_lots + account.credits_pending,
+        held=account.debits_pending,
+        next_expiry_amount=next_expiry_amount,
+        next_expiry_time=next_expiry,
+        lifetime_earned=account.lifetime_earned,
+        unit=account.unit,
+    )
+
+
+def check_account_invariants(account: Account) -> None:
+    """What every member/pool account satisfies after every transfer."""
+    if not account.has_lots:
+        return
+    remaining = sum(lot.remaining for lot in account.lots)
+    held = sum(lot.held for lot in account.lots)
+    ensure(all(0 <= lot.held <= lot.remaining <= lot.amount for lot in account.lots), "lot bounds")
+    if account.posted >= 0:
+        ensure(remaining == account.posted, f"{account.account_id}: lots {remaining} != posted {account.posted}")
+    else:
+        ensure(remaining == 0, f"{account.account_id}: in debt but lots remain")
+    ensure(held == account.debits_pending, f"{account.account_id}: earmarked {held} != held {account.debits_pending}")
+    ensure(account.debits_pending >= 0 and account.credits_pending >= 0, "negative pending totals")
+    floor = _debt_floor(account)
+    ensure(floor is None or account.posted - account.debits_pending >= floor, f"{account.account_id}: below floor")
+
+
+def _debt_floor(account: Account) -> int | None:
+    """The lowest posted-minus-held an account may reach: 0, -debt_limit, or None (unbounded)."""
+    policy = account.policy
+    if policy is None or policy.overdraft_mode is OverdraftMode.NO_OVERDRAFT:
+        return 0
+    return -policy.debt_limit_minor if policy.debt_limit_minor else None
+
+
+# ------------------------------------------------------------------------------------------------
+# The batch.
+
+
+@dataclass
+class Batch:
+    """The working state of one CreateTransfers batch (or one round of background work)."""
+
+    now: datetime
+    accounts: dict[str, Account]
+    records: dict[str, TransferRecord]
+    new_lot_id: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
+    # What to persist.
+    created: list[TransferRecord] = field(default_factory=list)
+    updated: dict[str, TransferRecord] = field(default_factory=dict)
+    entries: list[EntryRecord] = field(default_factory=list)
+    new_lots: list[Lot] = field(default_factory=list)
+    touched_lots: dict[str, Lot] = field(default_factory=dict)
+    touched_accounts: set[str] = field(default_factory=set)
+    # Undo journal, active while a linked chain is being applied.
+    _journal: dict[int, tuple[Any, dict[str, Any]]] | None = None
+
+    # -- public -----------------------------------------------------------------------------
+
+    def apply(self, requests: list[TransferRequest]) -> list[Outcome]:
+        """Decide every transfer in order; a linked chain succeeds or fails as one."""
+        outcomes: list[Outcome] = []
+        index = 0
+        while index < len(requests):
+            end = index
+            while end < len(requests) and requests[end].flags.linked:
+                end += 1
+            if end == len(requests):  # the last transfer is linked: the chain never closes
+                outcomes += [Outcome(r.transfer_id, Code.LINKED_EVENT_CHAIN_OPEN) for r in requests[index:]]
+                break
+            chain = requests[index : end + 1]
+            outcomes += self._apply_chain(chain) if len(chain) > 1 else [self._decide(chain[0])]
+            index = end + 1
+        for account_id in self.touched_accounts:
+            check_account_invariants(self.accounts[account_id])
+        return outcomes
+
+    def expire_hold(self, record: TransferRecord) -> None:
+        """Release a hold whose deadline passed (the background worker, or a late post)."""
+        ensure(record.state is TransferState.PENDING, "only open holds expire")
+        self._touch(record)
+        self._release_hold(record, posted=0, entry_type=EntryType.EXPIRE_PENDING, resolver="")
+        record.state = TransferState.EXPIRED
+        record.resolved_time = self.now
+        self.updated[record.transfer_id] = record
+
+    def expire_lot(self, lot: Lot, expiry_account: Account) -> TransferRecord:
+        """Move what is left unheld of an expired lot to the program's EXPIRY account.
+
+        The transfer id is derived from the lot and what it had already lost, so a second worker
+        (or a retry) doing the same step finds the same id already decided."""
+        account = self.accounts[lot.account_id]
+        amount = lot.free()
+        ensure(lot.is_expired(self.now) and amount > 0, f"lot {lot.lot_id} has nothing to expire")
+        ensure(expiry_account.system_role is SystemRole.EXPIRY, "expiry goes to the EXPIRY account")
+        request = internal_request(
+            transfer_id=f"{WALLET_ID_PREFIX}expiry:{lot.lot_id}:{lot.expired_amount}",
+            debit_account_id=account.account_id,
+            credit_account_id=expiry_account.account_id,
+            amount=amount,
+            reason=Reason.EXPIRY,
+        )
+        self.touched_accounts.update((account.account_id, expiry_account.account_id))
+        self._touch_lot(lot)
+        lot.remaining -= amount
+        lot.expired_amount += amount
+        account.debits_posted += amount
+        expiry_account.credits_posted += amount
+        record = TransferRecord(
+            request=request,
+            state=TransferState.POSTED,
+            rejection_code=None,
+            recorded_time=self.now,
+            effective_time=self.now,
+            amount=amount,
+            allocations=[(lot.lot_id, amount)],
+        )
+        record.outcome = self._outcome(record, account, expiry_account, amount=amount, lot_id="")
+        self._add_record(record)
+        self._entries(record, account, expiry_account, EntryType.POSTED, amount=amount, released=0)
+        return record
+
+    # -- chains -------------------------------------------------------------------------------
+
+    def _apply_chain(self, chain: list[TransferRequest]) -> list[Outcome]:
+        marks = (len(self.created), len(self.entries), len(self.new_lots), set(self.records), set(self.updated))
+        self._journal = {}
+        try:
+            decided = []
+            for request in chain:
+                outcome = self._decide(request, in_chain=True)
+                decided.append(outcome)
+                if not outcome.code.succeeded:
+                    self._undo(marks)
+                    failed = [o if o is outcome else Outcome(o.transfer_id, Code.LINKED_EVENT_FAILED) for o in decided]
+                    rest = [Outcome(r.transfer_id, Code.LINKED_EVENT_FAILED) for r in chain[len(decided) :]]
+                    return failed + rest
+            return decided
+        finally:
+            self._journal = None
+
+    def _touch(self, obj: Any) -> None:
+        """Remember `obj` as it was before the chain first changed it."""
+        if self._journal is not None and id(obj) not in self._journal:
+            saved = dict(vars(obj))
+            if isinstance(obj, Account):
+                saved["lots"] = list(obj.lots)
+            self._journal[id(obj)] = (obj, copy.copy(saved))
+
+    def _undo(self, marks: tuple[int, int, int, set[str], set[str]]) -> None:
+        created, entries, new_lots, record_ids, updated_ids = marks
+        assert self._journal is not None
+        for obj, saved in self._journal.values():
+            vars(obj).clear()
+            vars(obj).update(saved)
+        del self.created[created:]
+        del self.entries[entries:]
+        for lot in self.new_lots[new_lots:]:
+            self.touched_lots.pop(lot.lot_id, None)
+        del self.new_lots[new_lots:]
+        for transfer_id in set(self.records) - record_ids:
+            del self.records[transfer_id]
+        for transfer_id in set(self.updated) - updated_ids:
+            del self.updated[transfer_id]
+
+    # -- one transfer -------------------------------------------------------------------------
+
+    def _decide(self, request: TransferRequest, *, in_chain: bool = False, internal: bool = False) -> Outcome:
+        invalid = validate(request, internal=internal)
+        if invalid is not None:
+            return Outcome(request.transfer_id, invalid)
+        existing = self.records.get(request.transfer_id)
+        if existing is not None:
+            return self._replay(existing, request)
+        effective_time = request.imported_time if request.flags.imported and request.imported_time else self.now
+        rejection = self._reject_reason(request, effective_time)
+        if rejection is not None:
+            if in_chain:  # a failed chain records nothing (TigerBeetle's rule)
+                return Outcome(request.transfer_id, rejection)
+            return self._record_rejection(request, rejection, effective_time)
+        return self._apply(request, effective_time)
+
+    def _replay(self, existing: TransferRecord, request: TransferRequest) -> Outcome:
+        if existing.request.body != request.body:
+            return Outcome(
+                request.transfer_id,
+                Code.EXISTS_WITH_DIFFERENT_FIELDS,
+                different_fields=tuple(_different_fields(existing.request, request)),
+            )
+        original = existing.outcome
+        ensure(original is not None, f"{request.transfer_id}: recorded without an outcome")
+        assert original is not None
+        code = Code.EXISTS if existing.state is not TransferState.REJECTED else original.code
+        return replace(original, code=code, replayed=True)
+
+    def _record_rejection(self, request: TransferRequest, code: Code, effective_time: datetime) -> Outcome:
+        debit = self.accounts.get(request.debit_account_id)
+        outcome = Outcome(
+            request.transfer_id,
+            code,
+            recorded_time=self.now,
+            effective_time=effective_time,
+            debit_balance=self._member_balance(debit) if code is Code.INSUFFICIENT_FUNDS else None,
+        )
+        record = TransferRecord(
+            request=request,
+            state=TransferState.REJECTED,
+            rejection_code=code,
+            recorded_time=self.now,
+            effective_time=effective_time,
+            amount=request.amount,
+            outcome=outcome,
+        )
+        self._add_record(record)
+        return outcome
+
+    def _add_record(self, record: TransferRecord) -> None:
+        self.records[record.transfer_id] = record
+        self.created.append(record)
+
+    # -- state-dependent checks -----------------------------------------------------------------
+
+    def _reject_reason(self, request: TransferRequest, effective_time: datetime) -> Code | None:
+        if request.flags.imported:
+            if effective_time > self.now + CLOCK_SKEW:
+                return Code.IMPORTED_TIME_IN_FUTURE
+            if effective_time < self.now - IMPORT_AGE_MAX:
+                return Code.IMPORTED_TIME_TOO_OLD
+        if request.flags.resolves_hold:
+            return self._reject_resolution(request)
+        debit = self.accounts.get(request.debit_account_id)
+        credit = self.accounts.get(request.credit_account_id)
+        if debit is None:
+            return Code.DEBIT_ACCOUNT_NOT_FOUND
+        if credit is None:
+            return Code.CREDIT_ACCOUNT_NOT_FOUND
+        if debit.program_id != credit.program_id or debit.unit != credit.unit:
+            return Code.ACCOUNTS_MUST_HAVE_SAME_UNIT
+        if debit.state is AccountState.CLOSED:
+            return Code.DEBIT_ACCOUNT_CLOSED
+        if credit.state is AccountState.CLOSED:
+            return Code.CREDIT_ACCOUNT_CLOSED
+        if debit.state is AccountState.FROZEN:
+            return Code.DEBIT_ACCOUNT_FROZEN
+        if credit.state is AccountState.FROZEN and credit.freeze_mode is FreezeMode.ALL:
+            return Code.CREDIT_ACCOUNT_FROZEN
+        if not _reason_fits(Reason(request.reason), debit, credit):
+            return Code.REASON_NOT_ALLOWED_FOR_ACCOUNT
+        if request.reverses_transfer_id:
+            rejection = self._reject_reversal(request)
+            if rejection is not None:
+                return rejection
+        if debit.has_lots and self._usable(debit, request) < request.amount:
+            return Code.INSUFFICIENT_FUNDS
+        if credit.has_lots and _exceeds_balance_max(credit, request.amount):
+            return Code.BALANCE_LIMIT_EXCEEDED
+        if max(debit.debits_posted + debit.debits_pending, credit.credits_posted + credit.credits_pending) > (
+            INT64_MAX - request.amount
+        ):
+            return Code.OVERFLOW
+        return None
+
+    def _reject_resolution(self, request: TransferRequest) -> Code | None:
+        hold = self.records.get(request.pending_transfer_id)
+        if hold is None:
+            return Code.PENDING_TRANSFER_NOT_FOUND
+        if not hold.is_hold or hold.state is TransferState.REJECTED:
+            return Code.PENDING_TRANSFER_NOT_PENDING
+        if request.debit_account_id and request.debit_account_id != hold.request.debit_account_id:
+            return Code.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT
+        if request.credit_account_id and request.credit_account_id != hold.request.credit_account_id:
+            return Code.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT
+        if request.flags.void_pending and request.amount not in (0, hold.amount):
+            return Code.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
+        if hold.state is TransferState.POSTED:
+            return Code.PENDING_TRANSFER_ALREADY_POSTED
+        if hold.state is TransferState.VOIDED:
+            return Code.PENDING_TRANSFER_ALREADY_VOIDED
+        if hold.state is TransferState.EXPIRED:
+            return Code.PENDING_TRANSFER_EXPIRED
+        ensure(hold.pending_expiry_time is not None, "an open hold has a deadline")
+        assert hold.pending_expiry_time is not None
+        if self.now >= hold.pending_expiry_time:
+            self.expire_hold(hold)  # the deadline decides, not when the worker runs
+            return Code.PENDING_TRANSFER_EXPIRED
+        if request.flags.post_pending and request.amount > hold.amount:
+            return Code.AMOUNT_EXCEEDS_PENDING
+        return None
+
+    def _reject_reversal(self, request: TransferRequest) -> Code | None:
+        original = self.records.get(request.reverses_transfer_id)
+        if original is None or original.state is TransferState.REJECTED:
+            return Code.REVERSED_TRANSFER_NOT_FOUND
+        posted_single_phase = original.state is TransferState.POSTED and not original.is_hold
+        if not posted_single_phase or original.request.flags.void_pending:
+            return Code.REVERSED_TRANSFER_NOT_REVERSIBLE
+        goes_back = (
+            original.request.credit_account_id == request.debit_account_id
+            and original.request.debit_account_id == request.credit_account_id
+        )
+        if not goes_back:
+            return Code.REVERSED_TRANSFER_NOT_REVERSIBLE
+        if original.reversed_amount + request.amount > original.amount:
+            return Code.REVERSAL_EXCEEDS_ORIGINAL
+        return None
+
+    def _usable(self, debit: Account, request: TransferRequest) -> int:
+        """How much this transfer may take from a member or pool account."""
+        available = self._member_balance_value(debit)
+        own_lot = self._own_pending_lot(request, debit)
+        if own_lot is not None:
+            available += own_lot.free()  # an accrual's reversal may take its own not-yet-active lot
+        debt_allowed = (
+            request.flags.allow_debt
+            and not request.flags.pending
+            and debit.policy is not None
+            and debit.policy.overdraft_mode is OverdraftMode.DEBT_ALLOWED
+        )
+        if not debt_allowed:
+            return available
+        assert debit.policy is not None
+        if debit.policy.debt_limit_minor == 0:
+            return INT64_MAX
+        return available + debit.policy.debt_limit_minor
+
+    def _member_balance_value(self, account: Account) -> int:
+        return balance_of(account, self.now).available
+
+    def _own_pending_lot(self, request: TransferRequest, debit: Account) -> Lot | None:
+        if request.reason != Reason.ACCRUAL_REVERSAL:
+            return None
+        original = self.records.get(request.reverses_transfer_id)
+        if original is None or not original.allocations:
+            return None
+        lot_id = original.allocations[0][0]
+        lot = next((lot for lot in debit.lots if lot.lot_id == lot_id), None)
+        return lot if lot is not None and not lot.is_active(self.now) else None
+
+    # -- effects ------------------------------------------------------------------------------
+
+    def _apply(self, request: TransferRequest, effective_time: datetime) -> Outcome:
+        if request.flags.resolves_hold:
+            return self._resolve_hold(request, effective_time)
+        debit = self.accounts[request.debit_account_id]
+        credit = self.accounts[request.credit_account_id]
+        record = TransferRecord(
+            request=request,
+            state=TransferState.PENDING if request.flags.pending else TransferState.POSTED,
+            rejection_code=None,
+            recorded_time=self.now,
+            effective_time=effective_time,
+            amount=request.amount,
+        )
+        self._touch(debit)
+        self._touch(credit)
+        self.touched_accounts.update((debit.account_id, credit.account_id))
+        lot_id = ""
+        if request.flags.pending:
+            record.pending_expiry_time = self.now + timedelta(seconds=request.timeout_s)
+            record.allocations = self._earmark(debit, request.amount)
+            debit.debits_pending += request.amount
+            credit.credits_pending += request.amount
+            entry_type = EntryType.PENDING
+        else:
+            consumed = self._debit_posted(debit, request)
+            lot_id, created = self._credit_posted(credit, request, request.amount, effective_time, consumed)
+            # What a reversal needs later: the lots a debit consumed (a redemption's reversal
+            # restores their times), else the lots a credit created (an accrual's reversal takes
+            # its own lot first).
+            record.allocations = consumed if debit.has_lots else created
+            self._note_reversal(request)
+            entry_type = EntryType.POSTED
+        outcome = self._outcome(record, debit, credit, amount=request.amount, lot_id=lot_id)
+        record.outcome = outcome
+        self._add_record(record)
+        self._entries(record, debit, credit, entry_type, amount=request.amount, released=0)
+        return outcome
+
+    def _resolve_hold(self, request: TransferRequest, effective_time: datetime) -> Outcome:
+        hold = self.records[request.pending_transfer_id]
+        debit = self.accounts[hold.request.debit_account_id]
+        credit = self.accounts[hold.request.credit_account_id]
+        self._touch(hold)
+        self._touch(debit)
+        self._touch(credit)
+        posted = (request.amount or hold.amount) if request.flags.post_pending else 0
+        released = hold.amount - posted
+        entry_type = EntryType.POST_PENDING if request.flags.post_pending else EntryType.VOID_PENDING
+        lot_id = self._release_hold(hold, posted=posted, entry_type=None, resolver=request.transfer_id)
+        hold.state = TransferState.POSTED if request.flags.post_pending else TransferState.VOIDED
+        hold.posted_amount = posted
+        hold.resolved_by_transfer_id = request.transfer_id
+        hold.resolved_time = self.now
+        self.updated[hold.transfer_id] = hold
+        record = TransferRecord(
+            request=request,
+            state=TransferState.POSTED if request.flags.post_pending else TransferState.VOIDED,
+            rejection_code=None,
+            recorded_time=self.now,
+            effective_time=effective_time,
+            amount=posted if request.flags.post_pending else hold.amount,
+        )
+        outcome = self._outcome(record, debit, credit, amount=record.amount, lot_id=lot_id, released=released)
+        record.outcome = outcome
+        self._add_record(record)
+        self._entries(record, debit, credit, entry_type, amount=record.amount, released=released)
+        return outcome
+
+    def _release_hold(self, hold: TransferRecord, *, posted: int, entry_type: EntryType | None, resolver: str) -> str:
+        """Release a hold's reservation; move `posted` of it. Returns the credit lot's id, if any."""
+        debit = self.accounts[hold.request.debit_account_id]
+        credit = self.accounts[hold.request.credit_account_id]
+        self._touch(debit)
+        self._touch(credit)
+        self.touched_accounts.update((debit.account_id, credit.account_id))
+        debit.debits_pending -= hold.amount
+        credit.credits_pending -= hold.amount
+        left_to_post = posted
+        consumed: list[tuple[str, int]] = []
+        for lot_id, earmarked in hold.allocations:
+            lot = self._lot(debit, lot_id)
+            self._touch_lot(lot)
+            lot.held -= earmarked
+            take = min(earmarked, left_to_post)
+            lot.remaining -= take
+            left_to_post -= take
+            if take:
+                consumed.append((lot_id, take))
+        if debit.has_lots:
+            ensure(left_to_post == 0, f"{hold.transfer_id}: hold posted beyond its earmarked lots")
+        debit.debits_posted += posted
+        credit_lot_id = ""
+        if posted:
+            credit_lot_id, _ = self._credit_posted(credit, hold.request, posted, hold.effective_time, consumed)
+        if entry_type is not None:
+            self._entries(hold, debit, credit, entry_type, amount=hold.amount, released=hold.amount - posted)
+        return credit_lot_id
+
+    def _earmark(self, debit: Account, amount: int) -> list[tuple[str, int]]:
+        if not debit.has_lots:
+            return []
+        allocations = self._take(debit, amount, lambda lot, take: setattr(lot, "held", lot.held + take))
+        ensure(sum(a for _, a in allocations) == amount, f"{debit.account_id}: hold not covered by lots")
+        return allocations
+
+    def _debit_posted(self, debit: Account, request: TransferRequest) -> list[tuple[str, int]]:
+        """Post a debit; returns the lots consumed (their times travel with transfers between members)."""
+        debit.debits_posted += request.amount
+        if request.reason == Reason.ACCRUAL_REVERSAL:
+            debit.lifetime_earned -= request.amount
+        if not debit.has_lots:
+            return []
+        first = self._own_lot(request, debit)
+        consumed = self._take(debit, request.amount, _consume, first=first)
+        taken = sum(a for _, a in consumed)
+        ensure(taken == request.amount or debit.posted < 0, f"{request.transfer_id}: debit not covered by lots")
+        return consumed
+
+    def _own_lot(self, request: TransferRequest, debit: Account) -> Lot | None:
+        if request.reason != Reason.ACCRUAL_REVERSAL:
+            return None
+        original = self.records.get(request.reverses_transfer_id)
+        if original is None or not original.allocations:
+            return None
+        return next((lot for lot in debit.lots if lot.lot_id == original.allocations[0][0]), None)
+
+    def _take(
+        self, account: Account, amount: int, action: Callable[[Lot, int], None], *, first: Lot | None = None
+    ) -> list[tuple[str, int]]:
+        """Walk the spendable lots in consumption order (`first` before all), applying `action`."""
+        spendable = sorted(
+            (
+                lot
+                for lot in account.lots
+                if lot.free() > 0 and lot.is_active(self.now) and not lot.is_expired(self.now)
+            ),
+            key=Lot.consumption_key,
+        )
+        if first is not None and first.free() > 0:
+            spendable = [first, *(lot for lot in spendable if lot is not first)]
+        allocations = []
+        left = amount
+        for lot in spendable:
+            if left == 0:
+                break
+            take = min(lot.free(), left)
+            self._touch_lot(lot)
+            action(lot, take)
+            allocations.append((lot.lot_id, take))
+            left -= take
+        return allocations
+
+    def _credit_posted(
+        self,
+        credit: Account,
+        request: TransferRequest,
+        amount: int,
+        effective_time: datetime,
+        sources: list[tuple[str, int]],
+    ) -> tuple[str, list[tuple[str, int]]]:
+        """Post a credit: pay back debt first, then create lots. Returns (first lot id, lots)."""
+        debt = max(0, -credit.posted)
+        credit.credits_posted += amount
+        if request.reason in EARNING_REASONS:
+            credit.lifetime_earned += amount
+        if not credit.has_lots:
+            return "", []
+        to_lots = amount - min(debt, amount)
+        if to_lots == 0:
+            return "", []
+        created = [
+            self._new_lot(credit, request, lot_amount, effective_time, terms_from)
+            for lot_amount, terms_from in self._lot_shapes(request, to_lots, sources)
+        ]
+        return created[0][0], created
+
+    def _lot_shapes(
+        self, request: TransferRequest, amount: int, sources: list[tuple[str, int]]
+    ) -> Iterable[tuple[int, Lot | None]]:
+        """Transfers between members keep the times of the lots they took; a redemption's reversal
+        restores those of the lots it spent; any other credit is one lot with fresh terms."""
+        keep_times = request.reason in (Reason.MEMBER_TRANSFER, Reason.POOL_CONTRIBUTION, Reason.POOL_RETURN)
+        if request.reason == Reason.REDEMPTION_REVERSAL:
+            sources = self._restorable(request)
+            keep_times = True
+        if not keep_times or not sources:
+            yield amount, None
+            return
+        left = amount
+        for lot_id, taken in sources:
+            if left == 0:
+                return
+            share = min(taken, left)
+            yield share, self._find_lot(lot_id)
+            left -= share
+        if left:
+            yield left, None
+
+    def _restorable(self, request: TransferRequest) -> list[tuple[str, int]]:
+        """The part of the original redemption's consumed lots that earlier reversals did not restore."""
+        original = self.records[request.reverses_transfer_id]
+        skip = original.reversed_amount
+        restorable = []
+        for lot_id, taken in original.allocations:
+            if skip >= taken:
+                skip -= taken
+                continue
+            restorable.append((lot_id, taken - skip))
+            skip = 0
+        return restorable
+
+    def _new_lot(
+        self, account: Account, request: TransferRequest, amount: int, effective_time: datetime, like: Lot | None
+    ) -> tuple[str, int]:
+        if like is not None:
+            activation, expiry = like.activation_time, like.expiry_time
+        else:
+            activation, expiry = self._lot_times(account, request, effective_time)
+        lot = Lot(
+            lot_id=self.new_lot_id(),
+            account_id=account.account_id,
+            transfer_id=request.transfer_id,
+            reason=request.reason,
+            amount=amount,
+            remaining=amount,
+            held=0,
+            expired_amount=0,
+            activation_time=activation,
+            expiry_time=expiry,
+            effective_time=effective_time,
+        )
+        account.lots.append(lot)
+        self.new_lots.append(lot)
+        self.touched_lots[lot.lot_id] = lot
+        return lot.lot_id, amount
+
+    def _lot_times(
+        self, account: Account, request: TransferRequest, effective_time: datetime
+    ) -> tuple[datetime, datetime | None]:
+        policy = account.policy
+        terms = request.lot_terms
+        delay = policy.activation_delay_s if policy and request.reason in EARNING_REASONS else 0
+        activation = effective_time + timedelta(seconds=delay)
+        if terms is not None and terms.activation_time is not None:
+            activation = terms.activation_time
+        if terms is not None and terms.no_expiry:
+            return activation, None
+        if terms is not None and terms.expiry_time is not None:
+            return activation, terms.expiry_time
+        if policy is None or policy.expiry_mode is ExpiryMode.NEVER:
+            return activation, None
+        if policy.expiry_mode is ExpiryMode.AFTER_DURATION:
+            return activation, activation + timedelta(seconds=policy.lifetime_s)
+        return activation, policy.fixed_expiry_time
+
+    def _note_reversal(self, request: TransferRequest) -> None:
+        if not request.reverses_transfer_id:
+            return
+        original = self.records[request.reverses_transfer_id]
+        self._touch(original)
+        original.reversed_amount += request.amount
+        ensure(original.reversed_amount <= original.amount, "reversals exceed the original")
+        self.updated[original.transfer_id] = original
+
+    # -- lots, entries, outcomes ------------------------------------------------------------------
+
+    def _touch_lot(self, lot: Lot) -> None:
+        self._touch(lot)
+        self.touched_lots[lot.lot_id] = lot
+
+    def _lot(self, account: Account, lot_id: str) -> Lot:
+        lot = next((lot for lot in account.lots if lot.lot_id == lot_id), None)
+        ensure(lot is not None, f"lot {lot_id} of {account.account_id} not loaded")
+        assert lot is not None
+        return lot
+
+    def _find_lot(self, lot_id: str) -> Lot | None:
+        for account in self.accounts.values():
+            for lot in account.lots:
+                if lot.lot_id == lot_id:
+                    return lot
+        return None
+
+    def _member_balance(self, account: Account | None) -> Balance | None:
+        if account is None or not account.has_lots:
+            return None
+        return balance_of(account, self.now)
+
+    def _outcome(
+        self, record: TransferRecord, debit: Account, credit: Account, *, amount: int, lot_id: str, released: int = 0
+    ) -> Outcome:
+        return Outcome(
+            transfer_id=record.transfer_id,
+            code=Code.CREATED,
+            recorded_time=record.recorded_time,
+            effective_time=record.effective_time,
+            debit_balance=self._member_balance(debit),
+            credit_balance=self._member_balance(credit),
+            amount=amount,
+            released_amount=released,
+            pending_expiry_time=record.pending_expiry_time,
+            lot_id=lot_id,
+        )
+
+    def _entries(
+        self,
+        record: TransferRecord,
+        debit: Account,
+        credit: Account,
+        entry_type: EntryType,
+        *,
+        amount: int,
+        released: int,
+    ) -> None:
+        """History lines for member and pool accounts (SYSTEM accounts are read through transfers)."""
+        for account, direction, other in ((debit, Direction.DEBIT, credit), (credit, Direction.CREDIT, debit)):
+            if not account.has_lots:
+                continue
+            account.entry_sequence += 1
+            self.entries.append(
+                EntryRecord(
+                    account_id=account.account_id,
+                    sequence=account.entry_sequence,
+                    transfer_id=record.transfer_id,
+                    type=entry_type,
+                    direction=direction,
+                    amount=amount,
+                    released_amount=released,
+                    counterparty_account_id=other.account_id,
+                    balance_after=balance_of(account, self.now),
+                    recorded_time=self.now,
+                    effective_time=record.effective_time,
+                )
+            )
+
+
+def _exceeds_balance_max(credit: Account, amount: int) -> bool:
+    cap = credit.policy.balance_max_minor if credit.policy else 0
+    return bool(cap) and credit.posted + credit.credits_pending + amount > cap
+
+
+def _consume(lot: Lot, take: int) -> None:
+    lot.remaining -= take
+
+
+def _reason_fits(reason: Reason, debit: Account, credit: Account) -> bool:
+    """Which way each reason may move value, and which kinds' policies it needs."""
+    debit_member = debit.type is not AccountType.SYSTEM
+    credit_member = credit.type is not AccountType.SYSTEM
+    if reason in EARNING_REASONS or reason is Reason.GIFT_LOAD:
+        return not debit_member and credit_member
+    if reason in SPENDING_REASONS:
+        return debit_member and not credit_member and debit.policy is not None and debit.policy.spendable
+    if reason is Reason.ACCRUAL_REVERSAL:
+        return debit_member and not credit_member
+    if reason is Reason.REDEMPTION_REVERSAL:
+        return not debit_member and credit_member
+    if reason is Reason.MEMBER_TRANSFER:
+        return (
+            debit.type is AccountType.MEMBER
+            and credit.type is AccountType.MEMBER
+            and debit.policy is not None
+            and debit.policy.transferable
+        )
+    if reason is Reason.POOL_CONTRIBUTION:
+        return (
+            debit.type is AccountType.MEMBER
+            and credit.type is AccountType.POOL
+            and debit.policy is not None
+            and debit.policy.transferable
+        )
+    if reason is Reason.PARTNER_SETTLEMENT:
+        return not debit_member and not credit_member
+    if reason is Reason.ADJUSTMENT:
+        return SystemRole.ADJUSTMENT in (debit.system_role, credit.system_role)
+    if reason is Reason.EXPIRY or reason is Reason.ACCOUNT_CLOSURE:
+        return debit_member and credit.system_role is SystemRole.EXPIRY
+    if reason is Reason.POOL_RETURN:
+        return debit.type is AccountType.POOL and credit.type is AccountType.MEMBER
+    return False
+
+
+_COMPARED_FIELDS = (
+    "debit_account_id",
+    "credit_account_id",
+    "amount",
+    "pending_transfer_id",
+    "timeout_s",
+    "flags",
+    "reason",
+    "reference",
+    "metadata",
+    "memo",
+    "imported_time",
+    "lot_terms",
+    "reverses_transfer_id",
+    "on_behalf_of_member_id",
+)
+_PROTO_NAMES = {"amount": "amount_minor"}
+
+
+def _different_fields(recorded: TransferRequest, submitted: TransferRequest) -> list[str]:
+    """Which body fields differ, as proto field paths of `Transfer`."""
+    different = []
+    for name in _COMPARED_FIELDS:
+        old, new = getattr(recorded, name), getattr(submitted, name)
+        if old == new:
+            continue
+        if name in ("flags", "reference", "lot_terms") and old is not None and new is not None:
+            different += [f"{name}.{f}" for f in vars(old) if getattr(old, f) != getattr(new, f)]
+        else:
+            different.append(_PROTO_NAMES.get(name, name))
+    return different or ["body"]
+
+
+def internal_request(
+    *, transfer_id: str, debit_account_id: str, credit_account_id: str, amount: int, reason: Reason
+) -> TransferRequest:
+    """A transfer the wallet makes itself (expiry, closure). Its id is never submitted by a
+    client ("wallet:" prefix), so its body only has to be unique, not proto-encoded."""
+    from services.wallet.domain.model import Flags, Reference
+
+    body = f"{transfer_id}|{debit_account_id}|{credit_account_id}|{amount}|{int(reason)}".encode()
+    return TransferRequest(
+        transfer_id=transfer_id,
+        debit_account_id=debit_account_id,
+        credit_account_id=credit_account_id,
+        amount=amount,
+        pending_transfer_id="",
+        timeout_s=0,
+        flags=Flags(),
+        reason=int(reason),
+        reference=Reference(),
+        metadata=(),
+        memo="",
+        imported_time=None,
+        lot_terms=None,
+        reverses_transfer_id="",
+        on_behalf_of_member_id="",
+        body=body,
+    )

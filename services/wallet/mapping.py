@@ -1,0 +1,335 @@
+"""Proto <-> domain for the wallet. No rules here: only shapes, units and times."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from loyalty.common.v1 import types_pb2
+from loyalty.wallet.v1 import wallet_pb2
+
+from services.wallet.domain.accounts import AccountKind
+from services.wallet.domain.model import (
+    Account,
+    AccountType,
+    Balance,
+    EntryType,
+    ExpiryMode,
+    Flags,
+    Lot,
+    LotTerms,
+    Outcome,
+    OverdraftMode,
+    Policy,
+    Reference,
+    TransferRecord,
+    TransferRequest,
+    Unit,
+)
+
+
+def to_time(timestamp: Timestamp) -> datetime:
+    return timestamp.ToDatetime(tzinfo=UTC)
+
+
+def optional_time(message: object, field: str) -> datetime | None:
+    return to_time(getattr(message, field)) if message.HasField(field) else None  # type: ignore[attr-defined]
+
+
+def set_time(timestamp: Timestamp, value: datetime | None) -> None:
+    if value is not None:
+        timestamp.FromDatetime(value)
+
+
+# -- transfers ------------------------------------------------------------------------------------
+
+
+def transfer_request(transfer: wallet_pb2.Transfer) -> TransferRequest:
+    flags = transfer.flags
+    terms = None
+    if transfer.HasField("lot_terms"):
+        terms = LotTerms(
+            activation_time=optional_time(transfer.lot_terms, "activation_time"),
+            expiry_time=optional_time(transfer.lot_terms, "expiry_time"),
+            no_expiry=transfer.lot_terms.no_expiry,
+        )
+    reference = transfer.reference
+    return TransferRequest(
+        transfer_id=transfer.transfer_id,
+        debit_account_id=transfer.debit_account_id,
+        credit_account_id=transfer.credit_account_id,
+        amount=transfer.amount_minor,
+        pending_transfer_id=transfer.pending_transfer_id,
+        timeout_s=transfer.timeout_s,
+        flags=Flags(
+            pending=flags.pending,
+            post_pending=flags.post_pending,
+            void_pending=flags.void_pending,
+            linked=flags.linked,
+            imported=flags.imported,
+            allow_debt=flags.allow_debt,
+        ),
+        reason=transfer.reason,
+        reference=Reference(
+            operation_id=reference.operation_id,
+            terminal_id=reference.terminal_id,
+            receipt_id=reference.receipt_id,
+            outlet_id=reference.outlet_id,
+            partner_id=reference.partner_id,
+            campaign_id=reference.campaign_id,
+        ),
+        metadata=tuple(sorted(transfer.metadata.items())),
+        memo=transfer.memo,
+        imported_time=optional_time(transfer, "imported_time"),
+        lot_terms=terms,
+        reverses_transfer_id=transfer.reverses_transfer_id,
+        on_behalf_of_member_id=transfer.on_behalf_of_member_id,
+        # Deterministic encoding: equal field values give equal bytes, whatever the client sent.
+        body=transfer.SerializeToString(deterministic=True),
+    )
+
+
+def transfer_message(request: TransferRequest) -> wallet_pb2.Transfer:
+    if request.transfer_id.startswith("wallet:"):
+        message = wallet_pb2.Transfer(
+            transfer_id=request.transfer_id,
+            debit_account_id=request.debit_account_id,
+            credit_account_id=request.credit_account_id,
+            amount_minor=request.amount,
+            reason=request.reason,  # type: ignore[arg-type]
+        )
+        return message
+    message = wallet_pb2.Transfer()
+    message.ParseFromString(request.body)
+    return message
+
+
+def points(amount: int, unit: Unit) -> types_pb2.Points:
+    return types_pb2.Points(amount_minor=amount, scale=unit.scale)
+
+
+def account_balance(balance: Balance | None) -> types_pb2.AccountBalance | None:
+    if balance is None:
+        return None
+    unit = balance.unit
+    message = types_pb2.AccountBalance(
+        account_id=balance.account_id,
+        account_kind=balance.kind,
+        available=points(balance.available, unit),
+        pending=points(balance.pending, unit),
+        held=points(balance.held, unit),
+        next_expiry_amount=points(balance.next_expiry_amount, unit),
+        lifetime_earned=points(balance.lifetime_earned, unit),
+        currency_code=unit.currency_code,
+    )
+    set_time(message.next_expiry_time, balance.next_expiry_time)
+    return message
+
+
+def transfer_result(index: int, outcome: Outcome) -> wallet_pb2.TransferResult:
+    result = wallet_pb2.TransferResult(
+        index=index,
+        transfer_id=outcome.transfer_id,
+        code=int(outcome.code),  # type: ignore[arg-type]
+        replayed=outcome.replayed,
+        different_fields=outcome.different_fields,
+        amount_minor=outcome.amount,
+        released_amount_minor=outcome.released_amount,
+        lot_id=outcome.lot_id,
+    )
+    set_time(result.recorded_time, outcome.recorded_time)
+    set_time(result.effective_time, outcome.effective_time)
+    set_time(result.pending_expiry_time, outcome.pending_expiry_time)
+    debit, credit = account_balance(outcome.debit_balance), account_balance(outcome.credit_balance)
+    if debit is not None:
+        result.debit_account_balance.CopyFrom(debit)
+    if credit is not None:
+        result.credit_account_balance.CopyFrom(credit)
+    return result
+
+
+def transfer_record(record: TransferRecord) -> wallet_pb2.TransferRecord:
+    message = wallet_pb2.TransferRecord(
+        transfer=transfer_message(record.request),
+        state=int(record.state),  # type: ignore[arg-type]
+        rejection_code=int(record.rejection_code or 0),  # type: ignore[arg-type]
+        amount_minor=record.amount,
+        posted_amount_minor=record.posted_amount,
+        resolved_by_transfer_id=record.resolved_by_transfer_id,
+        reversed_amount_minor=record.reversed_amount,
+    )
+    set_time(message.recorded_time, record.recorded_time)
+    set_time(message.effective_time, record.effective_time)
+    set_time(message.pending_expiry_time, record.pending_expiry_time)
+    set_time(message.resolved_time, record.resolved_time)
+    return message
+
+
+# -- kinds and accounts ------------------------------------------------------------------------------
+
+
+def unit_message(unit: Unit) -> wallet_pb2.Unit:
+    return wallet_pb2.Unit(type=unit.type, currency_code=unit.currency_code, scale=unit.scale)  # type: ignore[arg-type]
+
+
+def account_kind(message: wallet_pb2.AccountKind) -> AccountKind:
+    policy = message.policy
+    rule = policy.expiry_rule
+    return AccountKind(
+        program_id=message.program_id,
+        kind=message.kind,
+        display_name=message.display_name,
+        unit=Unit(message.unit.type, message.unit.currency_code, message.unit.scale),
+        policy=Policy(
+            spendable=policy.spendable,
+            transferable=policy.transferable,
+            overdraft_mode=OverdraftMode(policy.overdraft_mode or OverdraftMode.NO_OVERDRAFT),
+            debt_limit_minor=policy.debt_limit_minor,
+            balance_max_minor=policy.balance_max_minor,
+            activation_delay_s=policy.activation_delay_s,
+            expiry_mode=ExpiryMode(rule.mode or ExpiryMode.NEVER),
+            lifetime_s=rule.lifetime_s,
+            fixed_expiry_time=optional_time(rule, "fixed_expiry_time"),
+            redemption_priority=policy.redemption_priority,
+        ),
+        open_by_default=message.open_by_default,
+    )
+
+
+def policy_message(policy: Policy) -> wallet_pb2.AccountPolicy:
+    message = wallet_pb2.AccountPolicy(
+        spendable=policy.spendable,
+        transferable=policy.transferable,
+        overdraft_mode=int(policy.overdraft_mode),  # type: ignore[arg-type]
+        debt_limit_minor=policy.debt_limit_minor,
+        balance_max_minor=policy.balance_max_minor,
+        activation_delay_s=policy.activation_delay_s,
+        expiry_rule=wallet_pb2.ExpiryRule(mode=int(policy.expiry_mode), lifetime_s=policy.lifetime_s),  # type: ignore[arg-type]
+        redemption_priority=policy.redemption_priority,
+    )
+    set_time(message.expiry_rule.fixed_expiry_time, policy.fixed_expiry_time)
+    return message
+
+
+def account_kind_message(kind: AccountKind) -> wallet_pb2.AccountKind:
+    message = wallet_pb2.AccountKind(
+        program_id=kind.program_id,
+        kind=kind.kind,
+        display_name=kind.display_name,
+        unit=unit_message(kind.unit),
+        policy=policy_message(kind.policy),
+        open_by_default=kind.open_by_default,
+    )
+    set_time(message.create_time, kind.create_time)
+    set_time(message.update_time, kind.update_time)
+    return message
+
+
+def account_message(account: Account, balance: Balance) -> wallet_pb2.Account:
+    message = wallet_pb2.Account(
+        account_id=account.account_id,
+        program_id=account.program_id,
+        type=int(account.type),  # type: ignore[arg-type]
+        master_account_id=account.master_account_id,
+        member_id=account.member_id,
+        kind=account.kind,
+        system_role=int(account.system_role),  # type: ignore[arg-type]
+        partner_id=account.partner_id,
+        pool_id=account.pool_id,
+        unit=unit_message(account.unit),
+        state=int(account.state),  # type: ignore[arg-type]
+        effective_state=int(account.state),  # type: ignore[arg-type]
+        freeze_mode=int(account.freeze_mode),  # type: ignore[arg-type]
+        primary=account.type is AccountType.MEMBER,
+    )
+    if account.policy is not None:
+        message.policy.CopyFrom(policy_message(account.policy))
+    converted = account_balance(balance)
+    assert converted is not None
+    message.balance.CopyFrom(converted)
+    return message
+
+
+def balance_view(account: Account, balance: Balance) -> wallet_pb2.AccountBalanceView:
+    converted = account_balance(balance)
+    assert converted is not None
+    return wallet_pb2.AccountBalanceView(
+        balance=converted,
+        unit=unit_message(account.unit),
+        account_type=int(account.type),  # type: ignore[arg-type]
+        effective_state=int(account.state),  # type: ignore[arg-type]
+        spendable=bool(account.policy and account.policy.spendable),
+        pool_id=account.pool_id,
+    )
+
+
+def lot_message(lot: Lot, now: datetime) -> wallet_pb2.Lot:
+    if lot.remaining == 0:
+        state = (
+            wallet_pb2.LOT_STATE_EXPIRED
+            if lot.expired_amount and lot.expired_amount == lot.amount
+            else (wallet_pb2.LOT_STATE_CONSUMED)
+        )
+    elif not lot.is_active(now):
+        state = wallet_pb2.LOT_STATE_PENDING
+    else:
+        state = wallet_pb2.LOT_STATE_ACTIVE
+    message = wallet_pb2.Lot(
+        lot_id=lot.lot_id,
+        account_id=lot.account_id,
+        transfer_id=lot.transfer_id,
+        reason=lot.reason,  # type: ignore[arg-type]
+        state=state,
+        original_amount_minor=lot.amount,
+        remaining_minor=lot.remaining,
+        held_minor=lot.held,
+        expired_amount_minor=lot.expired_amount,
+    )
+    set_time(message.activation_time, lot.activation_time)
+    set_time(message.expiry_time, lot.expiry_time)
+    set_time(message.effective_time, lot.effective_time)
+    return message
+
+
+_REFERENCE_FIELDS = ("operation_id", "terminal_id", "receipt_id", "outlet_id", "partner_id", "campaign_id")
+
+
+def entry_message(row: Any, unit: Unit, kind: str) -> wallet_pb2.Entry:
+    """A history row (joined with its transfer's request) as an Entry."""
+    request = json.loads(row["request"])
+    message = wallet_pb2.Entry(
+        account_id=str(row["account_id"]),
+        sequence=row["sequence"],
+        transfer_id=row["transfer_id"],
+        type=int(EntryType(row["type"])),  # type: ignore[arg-type]
+        direction=row["direction"],
+        amount_minor=row["amount"],
+        released_amount_minor=row["released_amount"],
+        reason=request["r"],
+        reference=wallet_pb2.TransferReference(**dict(zip(_REFERENCE_FIELDS, request["ref"], strict=True))),
+        memo=request["memo"],
+        metadata=dict(request["m"]),
+        counterparty=wallet_pb2.Counterparty(account_id=row["counterparty_account_id"]),
+        pending_transfer_id=request["p"],
+        reverses_transfer_id=request["rev"],
+        on_behalf_of_member_id=request["obo"],
+    )
+    balance = Balance(
+        account_id=str(row["account_id"]),
+        kind=kind,
+        available=row["available"],
+        pending=row["pending"],
+        held=row["held"],
+        next_expiry_amount=row["next_expiry_amount"],
+        next_expiry_time=row["next_expiry_time"],
+        lifetime_earned=row["lifetime_earned"],
+        unit=unit,
+    )
+    converted = account_balance(balance)
+    assert converted is not None
+    message.balance_after.CopyFrom(converted)
+    set_time(message.recorded_time, row["recorded_time"])
+    set_time(message.effective_time, row["effective_time"])
+    return message

@@ -1,0 +1,807 @@
+"""All SQL of the wallet. Functions take a connection; the caller owns the transaction.
+
+Lock order, the same for every writer so that writers never deadlock on accounts: the transfer
+records a batch names (sorted by id), then its accounts (sorted by id); stripes of SYSTEM
+accounts last (a rare deadlock between two stripes is retried by the writer).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from services.wallet.domain.accounts import PROGRAM_SYSTEM_ROLES, STRIPES, AccountKind, balance_floor
+from services.wallet.domain.ledger import Batch
+from services.wallet.domain.model import (
+    Account,
+    AccountState,
+    AccountType,
+    Balance,
+    Code,
+    EntryRecord,
+    EntryType,
+    ExpiryMode,
+    Flags,
+    FreezeMode,
+    Lot,
+    LotTerms,
+    Outcome,
+    OverdraftMode,
+    Policy,
+    Reference,
+    SystemRole,
+    TransferRecord,
+    TransferRequest,
+    TransferState,
+    Unit,
+)
+from shared.db import Connection
+
+# ------------------------------------------------------------------------------------------------
+# Kinds and accounts
+
+
+async def create_kind(connection: Connection, kind: AccountKind) -> AccountKind:
+    """Insert the kind unless it exists; return what is stored (the caller compares)."""
+    policy = kind.policy
+    await connection.execute(
+        """
+        INSERT INTO account_kinds (program_id, kind, display_name, unit_type, currency_code, scale, spendable,
+            transferable, overdraft_mode, debt_limit_minor, balance_max_minor, activation_delay_s, expiry_mode,
+            lifetime_s, fixed_expiry_time, redemption_priority, open_by_default)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+        ON CONFLICT (program_id, kind) DO NOTHING
+        """,
+        kind.program_id,
+        kind.kind,
+        kind.display_name,
+        kind.unit.type,
+        kind.unit.currency_code,
+        kind.unit.scale,
+        policy.spendable,
+        policy.transferable,
+        int(policy.overdraft_mode),
+        policy.debt_limit_minor,
+        policy.balance_max_minor,
+        policy.activation_delay_s,
+        int(policy.expiry_mode),
+        policy.lifetime_s,
+        policy.fixed_expiry_time,
+        policy.redemption_priority,
+        kind.open_by_default,
+    )
+    stored = await get_kind(connection, kind.program_id, kind.kind)
+    assert stored is not None  # just inserted or already there; kinds are never deleted
+    return stored
+
+
+async def get_kind(connection: Connection, program_id: str, kind: str) -> AccountKind | None:
+    row = await connection.fetchrow("SELECT * FROM account_kinds WHERE program_id = $1 AND kind = $2", program_id, kind)
+    return _kind(row) if row else None
+
+
+async def list_kinds(connection: Connection, program_id: str) -> list[AccountKind]:
+    rows = await connection.fetch(
+        "SELECT * FROM account_kinds WHERE program_id = $1 ORDER BY redemption_priority, kind", program_id
+    )
+    return [_kind(row) for row in rows]
+
+
+def _kind(row: Any) -> AccountKind:
+    return AccountKind(
+        program_id=row["program_id"],
+        kind=row["kind"],
+        display_name=row["display_name"],
+        unit=Unit(row["unit_type"], row["currency_code"], row["scale"]),
+        policy=_policy(row),
+        open_by_default=row["open_by_default"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+    )
+
+
+def _policy(row: Any) -> Policy:
+    return Policy(
+        spendable=row["spendable"],
+        transferable=row["transferable"],
+        overdraft_mode=OverdraftMode(row["overdraft_mode"]),
+        debt_limit_minor=row["debt_limit_minor"],
+        balance_max_minor=row["balance_max_minor"],
+        activation_delay_s=row["activation_delay_s"],
+        expiry_mode=ExpiryMode(row["expiry_mode"]),
+        lifetime_s=row["lifetime_s"],
+        fixed_expiry_time=row["fixed_expiry_time"],
+        redemption_priority=row["redemption_priority"],
+    )
+
+
+async def ensure_system_account(
+    connection: Connection, *, program_id: str, role: SystemRole, unit: Unit, partner_id: str = ""
+) -> tuple[str, bool]:
+    """The SYSTEM account of (program, role, partner, unit), opened with its stripes if missing."""
+    account_id = str(uuid.uuid4())
+    inserted = await connection.fetchval(
+        """
+        INSERT INTO accounts (account_id, program_id, type, system_role, partner_id, unit_type, currency_code, scale)
+        VALUES ($1, $2, 3, $3, $4, $5, $6, $7)
+        ON CONFLICT (program_id, system_role, partner_id, unit_type, currency_code, scale) WHERE type = 3 DO NOTHING
+        RETURNING account_id
+        """,
+        account_id,
+        program_id,
+        int(role),
+        partner_id,
+        unit.type,
+        unit.currency_code,
+        unit.scale,
+    )
+    if inserted is not None:
+        await connection.execute(
+            "INSERT INTO account_stripes (account_id, stripe) SELECT $1, generate_series(0, $2 - 1)",
+            inserted,
+            STRIPES,
+        )
+        return str(inserted), True
+    existing = await connection.fetchval(
+        """
+        SELECT account_id FROM accounts
+        WHERE type = 3 AND program_id = $1 AND system_role = $2 AND partner_id = $3
+          AND unit_type = $4 AND currency_code = $5 AND scale = $6
+        """,
+        program_id,
+        int(role),
+        partner_id,
+        unit.type,
+        unit.currency_code,
+        unit.scale,
+    )
+    return str(existing), False
+
+
+async def ensure_program_system_accounts(connection: Connection, kind: AccountKind) -> None:
+    for role in PROGRAM_SYSTEM_ROLES:
+        await ensure_system_account(connection, program_id=kind.program_id, role=role, unit=kind.unit)
+
+
+async def ensure_master_account(connection: Connection, program_id: str, member_id: str) -> tuple[str, bool, int]:
+    """(master_account_id, created, state) of the member's master account in the program."""
+    row = await connection.fetchrow(
+        """
+        INSERT INTO master_accounts (master_account_id, program_id, member_id) VALUES ($1, $2, $3)
+        ON CONFLICT (program_id, member_id) DO NOTHING
+        RETURNING master_account_id, state
+        """,
+        str(uuid.uuid4()),
+        program_id,
+        member_id,
+    )
+    if row is not None:
+        return str(row["master_account_id"]), True, row["state"]
+    existing = await connection.fetchrow(
+        "SELECT master_account_id, state FROM master_accounts WHERE program_id = $1 AND member_id = $2",
+        program_id,
+        member_id,
+    )
+    assert existing is not None  # the insert conflicted with it, and master accounts are never deleted
+    return str(existing["master_account_id"]), False, existing["state"]
+
+
+async def ensure_primary_account(
+    connection: Connection, *, master_account_id: str, program_id: str, member_id: str, kind: AccountKind
+) -> tuple[str, bool]:
+    account_id = await connection.fetchval(
+        """
+        INSERT INTO accounts (account_id, program_id, type, kind, master_account_id, member_id, unit_type,
+            currency_code, scale, is_primary, balance_floor)
+        VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, true, $9)
+        ON CONFLICT (master_account_id, kind) WHERE is_primary DO NOTHING
+        RETURNING account_id
+        """,
+        str(uuid.uuid4()),
+        program_id,
+        kind.kind,
+        master_account_id,
+        member_id,
+        kind.unit.type,
+        kind.unit.currency_code,
+        kind.unit.scale,
+        balance_floor(kind.policy),
+    )
+    if account_id is not None:
+        return str(account_id), True
+    existing = await connection.fetchval(
+        "SELECT account_id FROM accounts WHERE master_account_id = $1 AND kind = $2 AND is_primary",
+        master_account_id,
+        kind.kind,
+    )
+    return str(existing), False
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading accounts and balances
+
+_ACCOUNT_COLUMNS = """
+    a.account_id, a.program_id, a.type, a.kind, a.master_account_id, a.member_id, a.system_role, a.partner_id,
+    a.pool_id, a.unit_type, a.currency_code, a.scale, a.state, a.freeze_mode, a.state_reason, a.is_primary,
+    a.external_ref, a.display_name, a.create_time, a.state_time, a.debits_posted, a.credits_posted,
+    a.debits_pending, a.credits_pending, a.lifetime_earned, a.entry_sequence,
+    m.state AS master_state, m.freeze_mode AS master_freeze_mode,
+    k.spendable, k.transferable, k.overdraft_mode, k.debt_limit_minor, k.balance_max_minor, k.activation_delay_s,
+    k.expiry_mode, k.lifetime_s, k.fixed_expiry_time, k.redemption_priority
+"""
+_ACCOUNT_FROM = """
+    FROM accounts a
+    LEFT JOIN master_accounts m ON m.master_account_id = a.master_account_id
+    LEFT JOIN account_kinds k ON k.program_id = a.program_id AND k.kind = a.kind
+"""
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def load_accounts(
+    connection: Connection, account_ids: Iterable[str], *, lock: bool, with_lots: bool = True
+) -> dict[str, Account]:
+    """The accounts (with their remaining lots), locked in id order when `lock`."""
+    ids = sorted({i for i in account_ids if _is_uuid(i)})
+    if not ids:
+        return {}
+    # FOR UPDATE OF a: only the account rows are locked, never the master account or the kind.
+    rows = await connection.fetch(
+        f"SELECT {_ACCOUNT_COLUMNS} {_ACCOUNT_FROM} WHERE a.account_id = ANY($1::uuid[]) ORDER BY a.account_id"
+        + (" FOR UPDATE OF a" if lock else ""),
+        ids,
+    )
+    accounts = {str(row["account_id"]): _account(row) for row in rows}
+    member_ids = [i for i, a in accounts.items() if a.has_lots]
+    if with_lots and member_ids:
+        for row in await connection.fetch(
+            "SELECT * FROM lots WHERE account_id = ANY($1::uuid[]) AND remaining > 0", member_ids
+        ):
+            accounts[str(row["account_id"])].lots.append(_lot(row))
+    return accounts
+
+
+def _account(row: Any) -> Account:
+    own_state, master_state = AccountState(row["state"]), AccountState(row["master_state"] or 1)
+    state = max(own_state, master_state)  # CLOSED > FROZEN > ACTIVE: the stricter one applies
+    freeze = FreezeMode(max(row["freeze_mode"], row["master_freeze_mode"] or 0))
+    account_type = AccountType(row["type"])
+    return Account(
+        account_id=str(row["account_id"]),
+        program_id=row["program_id"],
+        type=account_type,
+        unit=Unit(row["unit_type"], row["currency_code"], row["scale"]),
+        state=state,
+        freeze_mode=freeze,
+        kind=row["kind"] or "",
+        member_id=row["member_id"] or "",
+        master_account_id=str(row["master_account_id"] or ""),
+        system_role=SystemRole(row["system_role"]),
+        partner_id=row["partner_id"],
+        pool_id=str(row["pool_id"] or ""),
+        policy=_policy(row) if account_type is not AccountType.SYSTEM else None,
+        # SYSTEM accounts start each batch at zero: the batch accumulates deltas for one stripe.
+        debits_posted=row["debits_posted"] if account_type is not AccountType.SYSTEM else 0,
+        credits_posted=row["credits_posted"] if account_type is not AccountType.SYSTEM else 0,
+        debits_pending=row["debits_pending"] if account_type is not AccountType.SYSTEM else 0,
+        credits_pending=row["credits_pending"] if account_type is not AccountType.SYSTEM else 0,
+        lifetime_earned=row["lifetime_earned"],
+        entry_sequence=row["entry_sequence"],
+    )
+
+
+def _lot(row: Any) -> Lot:
+    return Lot(
+        lot_id=str(row["lot_id"]),
+        account_id=str(row["account_id"]),
+        transfer_id=row["transfer_id"],
+        reason=row["reason"],
+        amount=row["amount"],
+        remaining=row["remaining"],
+        held=row["held"],
+        expired_amount=row["expired_amount"],
+        activation_time=row["activation_time"],
+        expiry_time=row["expiry_time"],
+        effective_time=row["effective_time"],
+    )
+
+
+async def system_balances(connection: Connection, account_ids: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    """(posted, debits_pending, credits_pending) of SYSTEM accounts: the sums of their stripes."""
+    rows = await connection.fetch(
+        """
+        SELECT account_id, sum(credits_posted - debits_posted)::bigint AS posted,
+               sum(debits_pending)::bigint AS debits_pending, sum(credits_pending)::bigint AS credits_pending
+        FROM account_stripes WHERE account_id = ANY($1::uuid[]) GROUP BY account_id
+        """,
+        list(account_ids),
+    )
+    return {str(r["account_id"]): (r["posted"], r["debits_pending"], r["credits_pending"]) for r in rows}
+
+
+async def member_account_ids(connection: Connection, *, program_id: str, member_id: str) -> list[str]:
+    rows = await connection.fetch(
+        """
+        SELECT a.account_id FROM accounts a JOIN account_kinds k ON k.program_id = a.program_id AND k.kind = a.kind
+        WHERE a.program_id = $1 AND a.member_id = $2
+        ORDER BY a.is_primary DESC, k.redemption_priority, a.kind, a.create_time
+        """,
+        program_id,
+        member_id,
+    )
+    return [str(r["account_id"]) for r in rows]
+
+
+async def master_account_ids(connection: Connection, master_account_id: str) -> list[str]:
+    if not _is_uuid(master_account_id):
+        return []
+    rows = await connection.fetch(
+        """
+        SELECT a.account_id FROM accounts a JOIN account_kinds k ON k.program_id = a.program_id AND k.kind = a.kind
+        WHERE a.master_account_id = $1 ORDER BY a.is_primary DESC, k.redemption_priority, a.kind, a.create_time
+        """,
+        master_account_id,
+    )
+    return [str(r["account_id"]) for r in rows]
+
+
+async def database_now(connection: Connection) -> datetime:
+    now: datetime = await connection.fetchval("SELECT clock_timestamp()")
+    return now
+
+
+# ------------------------------------------------------------------------------------------------
+# Transfers: loading a batch
+
+
+async def load_records(connection: Connection, transfer_ids: Iterable[str], *, lock: bool) -> dict[str, TransferRecord]:
+    ids = sorted(set(transfer_ids))
+    if not ids:
+        return {}
+    rows = await connection.fetch(
+        "SELECT * FROM transfers WHERE transfer_id = ANY($1::text[]) ORDER BY transfer_id"
+        + (" FOR UPDATE" if lock else ""),
+        ids,
+    )
+    return {row["transfer_id"]: _record(row) for row in rows}
+
+
+async def load_batch(connection: Connection, requests: Sequence[TransferRequest], now: datetime) -> Batch:
+    """Everything `requests` may touch, locked in the global lock order."""
+    named = {r.transfer_id for r in requests}
+    named |= {r.pending_transfer_id for r in requests if r.pending_transfer_id}
+    named |= {r.reverses_transfer_id for r in requests if r.reverses_transfer_id}
+    records = await load_records(connection, named, lock=True)
+    account_ids = {r.debit_account_id for r in requests} | {r.credit_account_id for r in requests}
+    for record in records.values():
+        account_ids |= {record.request.debit_account_id, record.request.credit_account_id}
+    accounts = await load_accounts(connection, account_ids - {""}, lock=True)
+    return Batch(now=now, accounts=accounts, records=records)
+
+
+def _record(row: Any) -> TransferRecord:
+    request = decode_request(row["transfer_id"], bytes(row["body"]), json.loads(row["request"]))
+    return TransferRecord(
+        request=request,
+        state=TransferState(row["state"]),
+        rejection_code=Code(row["rejection_code"]) if row["rejection_code"] is not None else None,
+        recorded_time=row["recorded_time"],
+        effective_time=row["effective_time"],
+        amount=row["amount"],
+        posted_amount=row["posted_amount"],
+        pending_expiry_time=row["pending_expiry_time"],
+        resolved_by_transfer_id=row["resolved_by_transfer_id"],
+        resolved_time=row["resolved_time"],
+        reversed_amount=row["reversed_amount"],
+        allocations=[(lot_id, amount) for lot_id, amount in json.loads(row["allocations"])],
+        outcome=replace(decode_outcome(json.loads(row["outcome"])), transfer_id=row["transfer_id"]),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Transfers: persisting a batch, in one statement
+
+
+_PERSIST = """
+WITH
+new_transfers AS (
+    INSERT INTO transfers (transfer_id, body, request, state, rejection_code, debit_account_id, credit_account_id,
+        amount, reason, operation_id, recorded_time, effective_time, posted_amount, pending_expiry_time,
+        resolved_by_transfer_id, resolved_time, reversed_amount, allocations, outcome)
+    SELECT * FROM unnest($1::text[], $2::bytea[], $3::jsonb[], $4::smallint[], $5::smallint[], $6::text[],
+        $7::text[], $8::bigint[], $9::smallint[], $10::text[], $11::timestamptz[], $12::timestamptz[],
+        $13::bigint[], $14::timestamptz[], $15::text[], $16::timestamptz[], $17::bigint[], $18::jsonb[],
+        $19::jsonb[])
+),
+changed_transfers AS (
+    UPDATE transfers t SET state = u.state, posted_amount = u.posted_amount,
+        resolved_by_transfer_id = u.resolved_by, resolved_time = u.resolved_time, reversed_amount = u.reversed_amount
+    FROM unnest($20::text[], $21::smallint[], $22::bigint[], $23::text[], $24::timestamptz[], $25::bigint[])
+        AS u(transfer_id, state, posted_amount, resolved_by, resolved_time, reversed_amount)
+    WHERE t.transfer_id = u.transfer_id
+),
+lots_written AS (
+    INSERT INTO lots (lot_id, account_id, transfer_id, reason, amount, remaining, held, expired_amount,
+        activation_time, expiry_time, effective_time)
+    SELECT * FROM unnest($26::uuid[], $27::uuid[], $28::text[], $29::smallint[], $30::bigint[], $31::bigint[],
+        $32::bigint[], $33::bigint[], $34::timestamptz[], $35::timestamptz[], $36::timestamptz[])
+    ON CONFLICT (lot_id) DO UPDATE SET remaining = EXCLUDED.remaining, held = EXCLUDED.held,
+        expired_amount = EXCLUDED.expired_amount
+),
+member_balances AS (
+    UPDATE accounts a SET debits_posted = u.debits_posted, credits_posted = u.credits_posted,
+        debits_pending = u.debits_pending, credits_pending = u.credits_pending,
+        lifetime_earned = u.lifetime_earned, entry_sequence = u.entry_sequence
+    FROM unnest($37::uuid[], $38::bigint[], $39::bigint[], $40::bigint[], $41::bigint[], $42::bigint[], $43::bigint[])
+        AS u(account_id, debits_posted, credits_posted, debits_pending, credits_pending, lifetime_earned,
+             entry_sequence)
+    WHERE a.account_id = u.account_id
+),
+system_balances AS (
+    UPDATE account_stripes s SET debits_posted = s.debits_posted + u.debits_posted,
+        credits_posted = s.credits_posted + u.credits_posted, debits_pending = s.debits_pending + u.debits_pending,
+        credits_pending = s.credits_pending + u.credits_pending
+    FROM unnest($44::uuid[], $45::bigint[], $46::bigint[], $47::bigint[], $48::bigint[])
+        AS u(account_id, debits_posted, credits_posted, debits_pending, credits_pending)
+    WHERE s.account_id = u.account_id AND s.stripe = $49
+),
+new_entries AS (
+    INSERT INTO entries (account_id, sequence, transfer_id, type, direction, amount, released_amount,
+        counterparty_account_id, available, pending, held, next_expiry_amount, next_expiry_time, lifetime_earned,
+        recorded_time, effective_time)
+    SELECT * FROM unnest($50::uuid[], $51::bigint[], $52::text[], $53::smallint[], $54::smallint[], $55::bigint[],
+        $56::bigint[], $57::text[], $58::bigint[], $59::bigint[], $60::bigint[], $61::bigint[], $62::timestamptz[],
+        $63::bigint[], $64::timestamptz[], $65::timestamptz[])
+)
+SELECT 1
+"""
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows to the column arrays that unnest() takes."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+async def persist(connection: Connection, batch: Batch, *, stripe: int) -> None:
+    """Write what the batch decided, in one round trip."""
+    created_ids = {record.transfer_id for record in batch.created}
+    new_transfers = [_transfer_row(record) for record in batch.created]
+    changed = [
+        (r.transfer_id, int(r.state), r.posted_amount, r.resolved_by_transfer_id, r.resolved_time, r.reversed_amount)
+        for r in batch.updated.values()
+        if r.transfer_id not in created_ids  # a hold created and resolved in one batch is inserted as it ends
+    ]
+    lots = [
+        (
+            lot.lot_id,
+            lot.account_id,
+            lot.transfer_id,
+            lot.reason,
+            lot.amount,
+            lot.remaining,
+            lot.held,
+            lot.expired_amount,
+            lot.activation_time,
+            lot.expiry_time,
+            lot.effective_time,
+        )
+        for lot in batch.touched_lots.values()
+    ]
+    touched = [batch.accounts[i] for i in sorted(batch.touched_accounts)]
+    members = [
+        (
+            a.account_id,
+            a.debits_posted,
+            a.credits_posted,
+            a.debits_pending,
+            a.credits_pending,
+            a.lifetime_earned,
+            a.entry_sequence,
+        )
+        for a in touched
+        if a.has_lots
+    ]
+    systems = [
+        (a.account_id, a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending)
+        for a in touched
+        if not a.has_lots
+    ]
+    entries = [_entry_row(entry) for entry in batch.entries]
+    await connection.execute(
+        _PERSIST,
+        *_columns(new_transfers, 19),
+        *_columns(changed, 6),
+        *_columns(lots, 11),
+        *_columns(members, 7),
+        *_columns(systems, 5),
+        stripe,
+        *_columns(entries, 16),
+    )
+
+
+def _transfer_row(record: TransferRecord) -> tuple[Any, ...]:
+    request = record.request
+    return (
+        record.transfer_id,
+        request.body,
+        json.dumps(encode_request(request)),
+        int(record.state),
+        int(record.rejection_code) if record.rejection_code is not None else None,
+        request.debit_account_id,
+        request.credit_account_id,
+        record.amount,
+        request.reason,
+        request.reference.operation_id,
+        record.recorded_time,
+        record.effective_time,
+        record.posted_amount,
+        record.pending_expiry_time,
+        record.resolved_by_transfer_id,
+        record.resolved_time,
+        record.reversed_amount,
+        json.dumps(record.allocations),
+        json.dumps(encode_outcome(record.outcome)),
+    )
+
+
+def _entry_row(entry: EntryRecord) -> tuple[Any, ...]:
+    balance = entry.balance_after
+    assert balance is not None  # entries are only written for member and pool accounts
+    return (
+        entry.account_id,
+        entry.sequence,
+        entry.transfer_id,
+        int(entry.type),
+        int(entry.direction),
+        entry.amount,
+        entry.released_amount,
+        entry.counterparty_account_id,
+        balance.available,
+        balance.pending,
+        balance.held,
+        balance.next_expiry_amount,
+        balance.next_expiry_time,
+        balance.lifetime_earned,
+        entry.recorded_time,
+        entry.effective_time,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Background work: what is due
+
+
+async def due_holds(connection: Connection, now: datetime, limit: int) -> list[str]:
+    """Open holds past their deadline, skipping those another worker is on."""
+    rows = await connection.fetch(
+        """
+        SELECT transfer_id FROM transfers WHERE state = 1 AND pending_expiry_time <= $1
+        ORDER BY pending_expiry_time LIMIT $2 FOR UPDATE SKIP LOCKED
+        """,
+        now,
+        limit,
+    )
+    return [row["transfer_id"] for row in rows]
+
+
+async def due_lots(connection: Connection, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """(lot_id, account_id) of expired lots with something unheld left."""
+    rows = await connection.fetch(
+        """
+        SELECT lot_id, account_id FROM lots
+        WHERE remaining > held AND expiry_time IS NOT NULL AND expiry_time <= $1
+        ORDER BY expiry_time LIMIT $2
+        """,
+        now,
+        limit,
+    )
+    return [(str(row["lot_id"]), str(row["account_id"])) for row in rows]
+
+
+async def expiry_account_id(connection: Connection, account: Account) -> str | None:
+    value = await connection.fetchval(
+        """
+        SELECT account_id FROM accounts WHERE type = 3 AND program_id = $1 AND system_role = $2 AND partner_id = ''
+          AND unit_type = $3 AND currency_code = $4 AND scale = $5
+        """,
+        account.program_id,
+        int(SystemRole.EXPIRY),
+        account.unit.type,
+        account.unit.currency_code,
+        account.unit.scale,
+    )
+    return str(value) if value else None
+
+
+# ------------------------------------------------------------------------------------------------
+# History
+
+
+async def list_entries(
+    connection: Connection, account_id: str, *, after_sequence: int | None, oldest_first: bool, limit: int
+) -> list[Any]:
+    if not _is_uuid(account_id):
+        return []
+    direction = "ASC" if oldest_first else "DESC"
+    comparison = ">" if oldest_first else "<"
+    cursor = "" if after_sequence is None else f"AND e.sequence {comparison} $3"
+    rows = await connection.fetch(
+        f"""
+        SELECT e.*, t.request FROM entries e JOIN transfers t ON t.transfer_id = e.transfer_id
+        WHERE e.account_id = $1 {cursor} ORDER BY e.sequence {direction} LIMIT $2
+        """,
+        account_id,
+        limit,
+        *([after_sequence] if after_sequence is not None else []),
+    )
+    return list(rows)
+
+
+async def list_lots(
+    connection: Connection, account_id: str, *, offset: int, limit: int, include_spent: bool
+) -> list[Lot]:
+    if not _is_uuid(account_id):
+        return []
+    rows = await connection.fetch(
+        f"""
+        SELECT * FROM lots WHERE account_id = $1 {"" if include_spent else "AND remaining > 0"}
+        ORDER BY expiry_time IS NULL, expiry_time, activation_time, lot_id OFFSET $2 LIMIT $3
+        """,
+        account_id,
+        offset,
+        limit,
+    )
+    return [_lot(row) for row in rows]
+
+
+async def ledger_sum(connection: Connection) -> list[tuple[int, str, int, int]]:
+    """Per unit: the sum of posted balances over every account (must be 0) and of pending."""
+    rows = await connection.fetch(
+        """
+        WITH balances AS (
+            SELECT unit_type, currency_code, scale, credits_posted - debits_posted AS posted,
+                   credits_pending - debits_pending AS pending
+            FROM accounts WHERE type <> 3
+            UNION ALL
+            SELECT a.unit_type, a.currency_code, a.scale, s.credits_posted - s.debits_posted,
+                   s.credits_pending - s.debits_pending
+            FROM account_stripes s JOIN accounts a USING (account_id)
+        )
+        SELECT unit_type, currency_code, sum(posted)::bigint AS posted, sum(pending)::bigint AS pending
+        FROM balances GROUP BY unit_type, currency_code, scale
+        """
+    )
+    return [(r["unit_type"], r["currency_code"], r["posted"], r["pending"]) for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------
+# Domain values <-> JSON (the `request`, `outcome` and `allocations` columns)
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value).astimezone(UTC) if value else None
+
+
+def encode_request(request: TransferRequest) -> dict[str, Any]:
+    terms = request.lot_terms
+    return {
+        "d": request.debit_account_id,
+        "c": request.credit_account_id,
+        "a": request.amount,
+        "p": request.pending_transfer_id,
+        "t": request.timeout_s,
+        "f": [
+            getattr(request.flags, f)
+            for f in ("pending", "post_pending", "void_pending", "linked", "imported", "allow_debt")
+        ],
+        "r": request.reason,
+        "ref": list(vars(request.reference).values()),
+        "m": [list(pair) for pair in request.metadata],
+        "memo": request.memo,
+        "it": _time(request.imported_time),
+        "lt": None if terms is None else [_time(terms.activation_time), _time(terms.expiry_time), terms.no_expiry],
+        "rev": request.reverses_transfer_id,
+        "obo": request.on_behalf_of_member_id,
+    }
+
+
+def decode_request(transfer_id: str, body: bytes, data: dict[str, Any]) -> TransferRequest:
+    terms = data["lt"]
+    return TransferRequest(
+        transfer_id=transfer_id,
+        debit_account_id=data["d"],
+        credit_account_id=data["c"],
+        amount=data["a"],
+        pending_transfer_id=data["p"],
+        timeout_s=data["t"],
+        flags=Flags(*data["f"]),
+        reason=data["r"],
+        reference=Reference(*data["ref"]),
+        metadata=tuple((k, v) for k, v in data["m"]),
+        memo=data["memo"],
+        imported_time=_parse_time(data["it"]),
+        lot_terms=None if terms is None else LotTerms(_parse_time(terms[0]), _parse_time(terms[1]), terms[2]),
+        reverses_transfer_id=data["rev"],
+        on_behalf_of_member_id=data["obo"],
+        body=body,
+    )
+
+
+def _encode_balance(balance: Balance | None) -> list[Any] | None:
+    if balance is None:
+        return None
+    return [
+        balance.account_id,
+        balance.kind,
+        balance.available,
+        balance.pending,
+        balance.held,
+        balance.next_expiry_amount,
+        _time(balance.next_expiry_time),
+        balance.lifetime_earned,
+        [balance.unit.type, balance.unit.currency_code, balance.unit.scale],
+    ]
+
+
+def _decode_balance(data: list[Any] | None) -> Balance | None:
+    if data is None:
+        return None
+    return Balance(
+        account_id=data[0],
+        kind=data[1],
+        available=data[2],
+        pending=data[3],
+        held=data[4],
+        next_expiry_amount=data[5],
+        next_expiry_time=_parse_time(data[6]),
+        lifetime_earned=data[7],
+        unit=Unit(*data[8]),
+    )
+
+
+def encode_outcome(outcome: Outcome | None) -> dict[str, Any]:
+    assert outcome is not None  # every recorded transfer has its outcome
+    return {
+        "code": int(outcome.code),
+        "rt": _time(outcome.recorded_time),
+        "et": _time(outcome.effective_time),
+        "db": _encode_balance(outcome.debit_balance),
+        "cb": _encode_balance(outcome.credit_balance),
+        "a": outcome.amount,
+        "ra": outcome.released_amount,
+        "pe": _time(outcome.pending_expiry_time),
+        "lot": outcome.lot_id,
+    }
+
+
+def decode_outcome(data: dict[str, Any]) -> Outcome:
+    return Outcome(
+        transfer_id="",  # filled by the caller; the record knows its id
+        code=Code(data["code"]),
+        recorded_time=_parse_time(data["rt"]),
+        effective_time=_parse_time(data["et"]),
+        debit_balance=_decode_balance(data["db"]),
+        credit_balance=_decode_balance(data["cb"]),
+        amount=data["a"],
+        released_amount=data["ra"],
+        pending_expiry_time=_parse_time(data["pe"]),
+        lot_id=data["lot"],
+    )
+
+
+def entry_type(value: int) -> EntryType:
+    return EntryType(value)

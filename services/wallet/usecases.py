@@ -1,0 +1,146 @@
+"""The wallet's use cases other than applying transfers: each owns its connection and transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.wallet import store
+from services.wallet.domain.accounts import AccountKind
+from services.wallet.domain.ledger import balance_of
+from services.wallet.domain.model import Account, AccountState, Balance, Lot, SystemRole, TransferRecord, Unit
+from shared.errors import DomainError, Reason
+
+
+async def create_kind(pool: asyncpg.Pool, kind: AccountKind) -> AccountKind:
+    """Define a kind (and its program's system accounts); the same definition again is a success."""
+    async with pool.acquire() as connection, connection.transaction():
+        stored = await store.create_kind(connection, kind)
+        if not stored.same_definition(kind):
+            raise DomainError(
+                Reason.ALREADY_EXISTS,
+                f"kind {kind.kind!r} already exists in program {kind.program_id!r} with a different definition",
+                metadata={"resourceType": "AccountKind", "resourceId": f"{kind.program_id}/{kind.kind}"},
+            )
+        await store.ensure_program_system_accounts(connection, stored)
+    return stored
+
+
+async def list_kinds(pool: asyncpg.Pool, program_id: str) -> list[AccountKind]:
+    async with pool.acquire() as connection:
+        return await store.list_kinds(connection, program_id)
+
+
+@dataclass(frozen=True)
+class OpenedAccounts:
+    master_account_id: str
+    master_created: bool
+    opened_account_ids: list[str]
+
+
+async def open_member_accounts(
+    pool: asyncpg.Pool, *, program_id: str, member_id: str, kinds: Sequence[str]
+) -> OpenedAccounts:
+    async with pool.acquire() as connection, connection.transaction():
+        program_kinds = {k.kind: k for k in await store.list_kinds(connection, program_id)}
+        wanted = list(kinds) or [k.kind for k in program_kinds.values() if k.open_by_default]
+        unknown = [k for k in wanted if k not in program_kinds]
+        if unknown:
+            raise DomainError(
+                Reason.RESOURCE_NOT_FOUND,
+                f"program {program_id!r} has no account kind {unknown[0]!r}",
+                metadata={"resourceType": "AccountKind", "resourceId": f"{program_id}/{unknown[0]}"},
+            )
+        master_id, created, state = await store.ensure_master_account(connection, program_id, member_id)
+        if state == AccountState.CLOSED:
+            raise DomainError(Reason.ACCOUNT_CLOSED, f"the master account of member {member_id!r} is closed")
+        opened = []
+        for kind in wanted:
+            account_id, was_opened = await store.ensure_primary_account(
+                connection,
+                master_account_id=master_id,
+                program_id=program_id,
+                member_id=member_id,
+                kind=program_kinds[kind],
+            )
+            if was_opened:
+                opened.append(account_id)
+    return OpenedAccounts(master_id, created, opened)
+
+
+async def open_system_account(
+    pool: asyncpg.Pool, *, program_id: str, role: SystemRole, unit: Unit, partner_id: str
+) -> tuple[str, bool]:
+    async with pool.acquire() as connection, connection.transaction():
+        units = {k.unit for k in await store.list_kinds(connection, program_id)}
+        if unit not in units:
+            raise DomainError(Reason.INVALID_ARGUMENT, f"program {program_id!r} has no kind with this unit")
+        return await store.ensure_system_account(
+            connection, program_id=program_id, role=role, unit=unit, partner_id=partner_id
+        )
+
+
+@dataclass(frozen=True)
+class AccountView:
+    account: Account
+    balance: Balance
+
+
+async def read_accounts(pool: asyncpg.Pool, account_ids: Sequence[str]) -> tuple[list[AccountView], datetime]:
+    """Accounts with their balances at one instant, in the order asked; unknown ids are skipped."""
+    async with pool.acquire() as connection:
+        now = await store.database_now(connection)
+        accounts = await store.load_accounts(connection, account_ids, lock=False)
+        systems = await store.system_balances(connection, [i for i, a in accounts.items() if not a.has_lots])
+    views = []
+    for account_id in account_ids:
+        account = accounts.get(account_id)
+        if account is None:
+            continue
+        if account.has_lots:
+            balance = balance_of(account, now)
+        else:
+            posted, debits_pending, credits_pending = systems.get(account_id, (0, 0, 0))
+            balance = Balance(
+                account_id, "", posted - debits_pending, credits_pending, debits_pending, 0, None, 0, account.unit
+            )
+        views.append(AccountView(account, balance))
+    return views, now
+
+
+async def member_account_ids(pool: asyncpg.Pool, *, program_id: str, member_id: str) -> list[str]:
+    async with pool.acquire() as connection:
+        return await store.member_account_ids(connection, program_id=program_id, member_id=member_id)
+
+
+async def master_account_ids(pool: asyncpg.Pool, master_account_id: str) -> list[str]:
+    async with pool.acquire() as connection:
+        return await store.master_account_ids(connection, master_account_id)
+
+
+async def lookup(pool: asyncpg.Pool, transfer_ids: Sequence[str]) -> dict[str, TransferRecord]:
+    async with pool.acquire() as connection:
+        return await store.load_records(connection, transfer_ids, lock=False)
+
+
+async def entries(
+    pool: asyncpg.Pool, account_id: str, *, after_sequence: int | None, oldest_first: bool, limit: int
+) -> list[Any]:
+    async with pool.acquire() as connection:
+        return await store.list_entries(
+            connection, account_id, after_sequence=after_sequence, oldest_first=oldest_first, limit=limit
+        )
+
+
+async def lots(
+    pool: asyncpg.Pool, account_id: str, *, offset: int, limit: int, include_spent: bool
+) -> tuple[list[Lot], datetime]:
+    async with pool.acquire() as connection:
+        now = await store.database_now(connection)
+        return await store.list_lots(
+            connection, account_id, offset=offset, limit=limit, include_spent=include_spent
+        ), now
