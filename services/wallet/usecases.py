@@ -90,10 +90,13 @@ class AccountView:
     balance: Balance
 
 
-async def read_accounts(pool: asyncpg.Pool, account_ids: Sequence[str]) -> tuple[list[AccountView], datetime]:
-    """Accounts with their balances at one instant, in the order asked; unknown ids are skipped."""
+async def read_accounts(
+    pool: asyncpg.Pool, account_ids: Sequence[str], *, now: datetime | None = None
+) -> tuple[list[AccountView], datetime]:
+    """Accounts with their balances at one instant (the database's clock unless given), in the
+    order asked; unknown ids are skipped."""
     async with pool.acquire() as connection:
-        now = await store.database_now(connection)
+        now = now or await store.database_now(connection)
         accounts = await store.load_accounts(connection, account_ids, lock=False)
         systems = await store.system_balances(connection, [i for i, a in accounts.items() if not a.has_lots])
     views = []

@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 
 from services.wallet import store
 from services.wallet.domain.accounts import STRIPES
 from services.wallet.domain.model import Outcome, TransferRequest
+from shared.db import Connection
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,21 @@ class _Call:
     done: asyncio.Future[list[Outcome]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+Clock = Callable[[Connection], Awaitable[datetime]]
+
+
 class TransferWriter:
-    def __init__(self, pool: asyncpg.Pool, *, writers: int, transfers_per_transaction_max: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        writers: int,
+        transfers_per_transaction_max: int,
+        clock: Clock = store.database_now,
+    ) -> None:
+        # The ledger's clock is the database's, so every wallet process agrees on it; tests
+        # pass their own to move time forward.
+        self.clock = clock
         self.pool = pool
         self.writers = writers
         self.transfers_max = transfers_per_transaction_max
@@ -90,7 +105,7 @@ class TransferWriter:
         for attempt in range(1, ATTEMPTS_MAX + 1):
             try:
                 async with self.pool.acquire() as connection, connection.transaction():
-                    now = await store.database_now(connection)
+                    now = await self.clock(connection)
                     batch = await store.load_batch(connection, requests, now)
                     results = [batch.apply(list(call.requests)) for call in calls]
                     await store.persist(connection, batch, stripe=random.randrange(STRIPES))

@@ -87,14 +87,16 @@ CREATE UNIQUE INDEX accounts_external_ref ON accounts (program_id, external_ref)
 CREATE INDEX accounts_by_member ON accounts (member_id) WHERE member_id IS NOT NULL;
 
 -- A SYSTEM account's balance is the sum of its stripes; each batch writes one stripe, so
--- concurrent writers rarely meet on the same row.
+-- concurrent writers rarely meet on the same row. Posted totals only grow, in every stripe.
+-- Pending totals do not: a hold may be counted in one stripe and released in another, so only
+-- their sum over the stripes is meaningful (and never negative).
 CREATE TABLE account_stripes (
     account_id      uuid     NOT NULL REFERENCES accounts,
     stripe          smallint NOT NULL CHECK (stripe BETWEEN 0 AND 63),
     debits_posted   bigint   NOT NULL DEFAULT 0 CHECK (debits_posted >= 0),
     credits_posted  bigint   NOT NULL DEFAULT 0 CHECK (credits_posted >= 0),
-    debits_pending  bigint   NOT NULL DEFAULT 0 CHECK (debits_pending >= 0),
-    credits_pending bigint   NOT NULL DEFAULT 0 CHECK (credits_pending >= 0),
+    debits_pending  bigint   NOT NULL DEFAULT 0,
+    credits_pending bigint   NOT NULL DEFAULT 0,
     PRIMARY KEY (account_id, stripe)
 );
 

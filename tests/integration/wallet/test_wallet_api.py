@@ -1,0 +1,311 @@
+"""The wallet as a real process on real PostgreSQL: accounts, transfers, concurrency races,
+idempotency under load, bad input, and the ledger summing to zero."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+import pytest
+from grpc import aio
+from loyalty.common.v1 import types_pb2
+from loyalty.wallet.v1 import wallet_pb2 as w
+from loyalty.wallet.v1 import wallet_pb2_grpc
+
+from services.wallet import store
+from tests.harness import Infra, ServiceProcess
+
+ACTOR = types_pb2.Actor(type=types_pb2.ACTOR_TYPE_SYSTEM, id="tests")
+POINTS = w.Unit(type=w.UNIT_TYPE_POINTS, scale=2)
+CREATED, EXISTS = w.TRANSFER_RESULT_CODE_CREATED, w.TRANSFER_RESULT_CODE_EXISTS
+INSUFFICIENT = w.TRANSFER_RESULT_CODE_INSUFFICIENT_FUNDS
+
+
+def key() -> types_pb2.IdempotencyKey:
+    return types_pb2.IdempotencyKey(key=str(uuid.uuid4()))
+
+
+@pytest.fixture(scope="module")
+def wallet_process(infra: Infra) -> Iterator[ServiceProcess]:
+    process = ServiceProcess("wallet", infra.service_env("wallet", LOYALTY_WALLET_WORK_INTERVAL_S="0.2")).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def wallet(wallet_process: ServiceProcess) -> AsyncIterator[wallet_pb2_grpc.WalletServiceStub]:
+    async with aio.insecure_channel(wallet_process.grpc_address) as channel:
+        yield wallet_pb2_grpc.WalletServiceStub(channel)
+
+
+@dataclass
+class Program:
+    """A fresh program per test: its kind, system accounts and a way to open members."""
+
+    stub: wallet_pb2_grpc.WalletServiceStub
+    program_id: str
+    issuance: str = ""
+    redemption: str = ""
+
+    async def setup(self, policy: w.AccountPolicy | None = None) -> Program:
+        policy = policy or w.AccountPolicy(
+            spendable=True,
+            overdraft_mode=w.OVERDRAFT_MODE_NO_OVERDRAFT,
+            expiry_rule=w.ExpiryRule(mode=w.EXPIRY_MODE_NEVER),
+        )
+        kind = w.AccountKind(
+            program_id=self.program_id,
+            kind="base",
+            display_name="Bonus points",
+            unit=POINTS,
+            policy=policy,
+            open_by_default=True,
+        )
+        await self.stub.CreateAccountKind(
+            w.CreateAccountKindRequest(account_kind=kind, actor=ACTOR, idempotency_key=key())
+        )
+        self.issuance = await self.system(w.SYSTEM_ACCOUNT_ROLE_ISSUANCE)
+        self.redemption = await self.system(w.SYSTEM_ACCOUNT_ROLE_REDEMPTION)
+        return self
+
+    async def system(self, role: int) -> str:
+        response = await self.stub.OpenSystemAccount(
+            w.OpenSystemAccountRequest(
+                program_id=self.program_id,
+                role=role,
+                unit=POINTS,
+                actor=ACTOR,  # type: ignore[arg-type]
+                idempotency_key=key(),
+            )
+        )
+        return response.account.account_id
+
+    async def member(self, funded: int = 0) -> str:
+        response = await self.stub.OpenMemberAccounts(
+            w.OpenMemberAccountsRequest(
+                program_id=self.program_id, member_id=str(uuid.uuid4()), actor=ACTOR, idempotency_key=key()
+            )
+        )
+        account_id = response.master_account.accounts[0].account_id
+        if funded:
+            (result,) = await self.transfers(self.accrual(account_id, funded))
+            assert result.code == CREATED
+        return account_id
+
+    def accrual(self, account_id: str, amount: int, transfer_id: str = "") -> w.Transfer:
+        return w.Transfer(
+            transfer_id=transfer_id or str(uuid.uuid4()),
+            debit_account_id=self.issuance,
+            credit_account_id=account_id,
+            amount_minor=amount,
+            reason=w.TRANSFER_REASON_ACCRUAL,
+        )
+
+    def redemption_of(self, account_id: str, amount: int, transfer_id: str = "", **extra: object) -> w.Transfer:
+        return w.Transfer(
+            transfer_id=transfer_id or str(uuid.uuid4()),
+            debit_account_id=account_id,
+            credit_account_id=self.redemption,
+            amount_minor=amount,
+            reason=w.TRANSFER_REASON_REDEMPTION,
+            **extra,
+        )  # type: ignore[arg-type]
+
+    async def transfers(self, *transfers: w.Transfer) -> list[w.TransferResult]:
+        response = await self.stub.CreateTransfers(w.CreateTransfersRequest(transfers=transfers))
+        return list(response.results)
+
+    async def available(self, account_id: str) -> int:
+        response = await self.stub.GetBalances(w.GetBalancesRequest(account_ids=[account_id]))
+        return response.balances[0].balance.available.amount_minor
+
+
+@pytest.fixture
+async def program(wallet: wallet_pb2_grpc.WalletServiceStub) -> Program:
+    return await Program(wallet, f"program-{uuid.uuid4().hex[:12]}").setup()
+
+
+async def test_opening_member_accounts_is_idempotent(program: Program) -> None:
+    request = w.OpenMemberAccountsRequest(
+        program_id=program.program_id, member_id="member-1", actor=ACTOR, idempotency_key=key()
+    )
+    first = await program.stub.OpenMemberAccounts(request)
+    second = await program.stub.OpenMemberAccounts(request)
+    assert first.master_account_created and not second.master_account_created
+    assert first.master_account.master_account_id == second.master_account.master_account_id
+    assert len(first.opened_account_ids) == 1 and not second.opened_account_ids
+    assert [a.kind for a in second.master_account.accounts] == ["base"]
+
+
+async def test_a_kind_is_defined_once(program: Program) -> None:
+    kinds = await program.stub.ListAccountKinds(w.ListAccountKindsRequest(program_id=program.program_id))
+    (kind,) = kinds.account_kinds
+    again = await program.stub.CreateAccountKind(
+        w.CreateAccountKindRequest(account_kind=kind, actor=ACTOR, idempotency_key=key())
+    )
+    assert again.account_kind.kind == "base"
+    kind.display_name = "Something else"
+    with pytest.raises(aio.AioRpcError) as raised:
+        await program.stub.CreateAccountKind(
+            w.CreateAccountKindRequest(account_kind=kind, actor=ACTOR, idempotency_key=key())
+        )
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_an_invalid_kind_is_refused_with_every_field_named(program: Program) -> None:
+    kind = w.AccountKind(program_id=program.program_id, kind="Bad Kind!", unit=w.Unit(type=w.UNIT_TYPE_MONEY, scale=2))
+    with pytest.raises(aio.AioRpcError) as raised:
+        await program.stub.CreateAccountKind(w.CreateAccountKindRequest(account_kind=kind))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = raised.value.details() or ""
+    for field in (
+        "idempotency_key.key",
+        "actor",
+        "account_kind.kind",
+        "account_kind.display_name",
+        "account_kind.unit.currency_code",
+    ):
+        assert field in details
+
+
+async def test_accrual_redemption_and_a_partly_posted_hold(program: Program) -> None:
+    member = await program.member(funded=1000)
+    hold, post, spend = (str(uuid.uuid4()) for _ in range(3))
+    results = await program.transfers(
+        program.redemption_of(member, 200, hold, timeout_s=60, flags=w.TransferFlags(pending=True)),
+        w.Transfer(
+            transfer_id=post, pending_transfer_id=hold, amount_minor=150, flags=w.TransferFlags(post_pending=True)
+        ),
+        program.redemption_of(member, 851, spend),
+    )
+    assert [r.code for r in results] == [CREATED, CREATED, INSUFFICIENT]
+    assert results[0].debit_account_balance.held.amount_minor == 200
+    assert results[0].debit_account_balance.available.amount_minor == 800
+    assert results[1].released_amount_minor == 50
+    assert results[1].debit_account_balance.available.amount_minor == 850
+    assert await program.available(member) == 850
+    # The hold resolves once: posting it again under another id is refused and recorded.
+    (again,) = await program.transfers(
+        w.Transfer(transfer_id=str(uuid.uuid4()), pending_transfer_id=hold, flags=w.TransferFlags(post_pending=True))
+    )
+    assert again.code == w.TRANSFER_RESULT_CODE_PENDING_TRANSFER_ALREADY_POSTED
+
+
+async def test_a_replay_returns_the_original_result_and_moves_nothing(program: Program) -> None:
+    member = await program.member()
+    accrual = program.accrual(member, 500)
+    (first,) = await program.transfers(accrual)
+    (second,) = await program.transfers(accrual)
+    assert (first.code, second.code, second.replayed) == (CREATED, EXISTS, True)
+    assert second.credit_account_balance == first.credit_account_balance
+    assert second.recorded_time == first.recorded_time
+    changed = w.Transfer()
+    changed.CopyFrom(accrual)
+    changed.amount_minor = 501
+    (third,) = await program.transfers(changed)
+    assert third.code == w.TRANSFER_RESULT_CODE_EXISTS_WITH_DIFFERENT_FIELDS
+    assert list(third.different_fields) == ["amount_minor"]
+    assert await program.available(member) == 500
+
+
+async def test_100_concurrent_redemptions_never_overspend(program: Program) -> None:
+    member = await program.member(funded=1000)
+    results = await asyncio.gather(*(program.transfers(program.redemption_of(member, 30)) for _ in range(100)))
+    codes = Counter(r.code for (r,) in results)
+    assert codes == {CREATED: 33, INSUFFICIENT: 67}
+    assert await program.available(member) == 10
+
+
+async def test_the_same_id_sent_50_times_at_once_has_exactly_one_effect(program: Program) -> None:
+    member = await program.member()
+    accrual = program.accrual(member, 700)
+    results = await asyncio.gather(*(program.transfers(accrual) for _ in range(50)))
+    codes = Counter(r.code for (r,) in results)
+    assert codes == {CREATED: 1, EXISTS: 49}
+    assert await program.available(member) == 700
+
+
+async def test_two_wallet_processes_racing_on_one_account_never_overspend(infra: Infra, program: Program) -> None:
+    member = await program.member(funded=1000)
+    second = ServiceProcess("wallet", infra.service_env("wallet")).start()
+    try:
+        async with aio.insecure_channel(second.grpc_address) as channel:
+            other = Program(
+                wallet_pb2_grpc.WalletServiceStub(channel), program.program_id, program.issuance, program.redemption
+            )
+            results = await asyncio.gather(
+                *(side.transfers(side.redemption_of(member, 30)) for _ in range(50) for side in (program, other))
+            )
+    finally:
+        second.stop()
+    assert Counter(r.code for (r,) in results) == {CREATED: 33, INSUFFICIENT: 67}
+    assert await program.available(member) == 10
+
+
+async def test_a_linked_chain_is_all_or_nothing(program: Program) -> None:
+    member = await program.member(funded=100)
+    accrual = program.accrual(member, 50)
+    accrual.flags.linked = True
+    results = await program.transfers(accrual, program.redemption_of(member, 1000))
+    assert [r.code for r in results] == [w.TRANSFER_RESULT_CODE_LINKED_EVENT_FAILED, INSUFFICIENT]
+    assert await program.available(member) == 100
+
+
+@pytest.mark.parametrize("count", [0, 1001])
+async def test_a_batch_outside_1_to_1000_is_refused_whole(program: Program, count: int) -> None:
+    member = await program.member()
+    with pytest.raises(aio.AioRpcError) as raised:
+        await program.transfers(*(program.accrual(member, 1) for _ in range(count)))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await program.available(member) == 0
+
+
+async def test_balances_of_an_unknown_account_name_it(program: Program) -> None:
+    unknown = str(uuid.uuid4())
+    with pytest.raises(aio.AioRpcError) as raised:
+        await program.stub.GetBalances(w.GetBalancesRequest(account_ids=[unknown]))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_history_shows_every_movement_with_the_balance_after_it(program: Program) -> None:
+    member = await program.member(funded=1000)
+    await program.transfers(program.redemption_of(member, 250))
+    history = await program.stub.ListEntries(w.ListEntriesRequest(account_id=member, oldest_first=True))
+    assert [(e.sequence, e.amount_minor, e.balance_after.available.amount_minor) for e in history.entries] == [
+        (1, 1000, 1000),
+        (2, 250, 750),
+    ]
+    assert history.entries[1].reason == w.TRANSFER_REASON_REDEMPTION
+    assert history.entries[1].counterparty.account_id == program.redemption
+
+
+async def test_an_expired_hold_is_released_by_the_background_worker(program: Program) -> None:
+    member = await program.member(funded=300)
+    hold = str(uuid.uuid4())
+    (result,) = await program.transfers(
+        program.redemption_of(member, 200, hold, timeout_s=1, flags=w.TransferFlags(pending=True))
+    )
+    assert result.code == CREATED
+    for _ in range(50):  # the worker runs every 0.2 s in this process
+        lookup = await program.stub.LookupTransfers(w.LookupTransfersRequest(transfer_ids=[hold]))
+        if lookup.transfers[0].state == w.TRANSFER_STATE_EXPIRED:
+            break
+        await asyncio.sleep(0.1)
+    assert lookup.transfers[0].state == w.TRANSFER_STATE_EXPIRED
+    assert await program.available(member) == 300
+
+
+async def test_the_whole_ledger_sums_to_zero(infra: Infra, program: Program) -> None:
+    member = await program.member(funded=999)
+    await program.transfers(program.redemption_of(member, 333))
+    connection = await asyncpg.connect(infra.database_url("wallet"))
+    try:
+        sums = await store.ledger_sum(connection)
+    finally:
+        await connection.close()
+    assert sums and all(posted == 0 for _, _, posted, _ in sums)
