@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import grpc
@@ -73,17 +74,17 @@ class Program:
         self.redemption = await self.system(w.SYSTEM_ACCOUNT_ROLE_REDEMPTION)
         return self
 
-    async def system(self, role: int) -> str:
+    async def system(self, role: Any) -> str:
         response = await self.stub.OpenSystemAccount(
             w.OpenSystemAccountRequest(
                 program_id=self.program_id,
                 role=role,
                 unit=POINTS,
-                actor=ACTOR,  # type: ignore[arg-type]
+                actor=ACTOR,
                 idempotency_key=key(),
             )
         )
-        return response.account.account_id
+        return str(response.account.account_id)
 
     async def member(self, funded: int = 0) -> str:
         response = await self.stub.OpenMemberAccounts(
@@ -91,7 +92,7 @@ class Program:
                 program_id=self.program_id, member_id=str(uuid.uuid4()), actor=ACTOR, idempotency_key=key()
             )
         )
-        account_id = response.master_account.accounts[0].account_id
+        account_id = str(response.master_account.accounts[0].account_id)
         if funded:
             (result,) = await self.transfers(self.accrual(account_id, funded))
             assert result.code == CREATED
@@ -106,7 +107,7 @@ class Program:
             reason=w.TRANSFER_REASON_ACCRUAL,
         )
 
-    def redemption_of(self, account_id: str, amount: int, transfer_id: str = "", **extra: object) -> w.Transfer:
+    def redemption_of(self, account_id: str, amount: int, transfer_id: str = "", **extra: Any) -> w.Transfer:
         return w.Transfer(
             transfer_id=transfer_id or str(uuid.uuid4()),
             debit_account_id=account_id,
@@ -114,7 +115,7 @@ class Program:
             amount_minor=amount,
             reason=w.TRANSFER_REASON_REDEMPTION,
             **extra,
-        )  # type: ignore[arg-type]
+        )
 
     async def transfers(self, *transfers: w.Transfer) -> list[w.TransferResult]:
         response = await self.stub.CreateTransfers(w.CreateTransfersRequest(transfers=transfers))
@@ -122,7 +123,7 @@ class Program:
 
     async def available(self, account_id: str) -> int:
         response = await self.stub.GetBalances(w.GetBalancesRequest(account_ids=[account_id]))
-        return response.balances[0].balance.available.amount_minor
+        return int(response.balances[0].balance.available.amount_minor)
 
 
 @pytest.fixture

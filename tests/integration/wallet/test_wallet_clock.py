@@ -29,6 +29,7 @@ from services.wallet.domain.model import (
     Unit,
 )
 from services.wallet.writer import TransferWriter
+from shared.db import Connection
 from tests.harness import Infra
 
 DAY = timedelta(days=1)
@@ -156,7 +157,7 @@ async def test_points_activate_expire_and_held_points_wait_for_their_hold(pool: 
     assert all(posted == 0 for _, _, posted, _ in sums)
 
 
-async def _expiry_ids(connection: asyncpg.Connection, account_id: str) -> list[str]:
+async def _expiry_ids(connection: Connection, account_id: str) -> list[str]:
     rows = await connection.fetch(
         "SELECT transfer_id FROM transfers WHERE debit_account_id = $1 AND transfer_id LIKE 'wallet:expiry:%'",
         account_id,
