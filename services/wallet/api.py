@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 from grpc import aio
 from loyalty.common.v1 import types_pb2
 from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -18,13 +20,15 @@ from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.wallet import mapping, usecases, worker
 from services.wallet.domain.accounts import kind_violations
 from services.wallet.domain.ledger import BATCH_SIZE_MAX
-from services.wallet.domain.model import SystemRole, Unit
+from services.wallet.domain.model import FreezeMode, SystemRole, Unit
 from services.wallet.writer import TransferWriter
+from shared import idempotency
 from shared.config import float_between, int_between, read_setting
 from shared.errors import DomainError, FieldViolation, Reason, invalid_argument
 from shared.server import Runtime
 from shared.servicers import add_service
 
+ResponseT = TypeVar("ResponseT", bound=Message)
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{8,128}")
 ACCOUNT_IDS_MAX = 100
 PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 50, 1000
@@ -51,10 +55,29 @@ def _page_size(requested: int) -> int:
     return min(requested or PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
 
 
+def _scope(request: object) -> str:
+    """Idempotency keys of admin calls are scoped per actor (common/v1 IdempotencyKey)."""
+    actor = request.actor  # type: ignore[attr-defined]
+    return f"{actor.type}:{actor.id}"
+
+
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def __init__(self, runtime: Runtime, writer: TransferWriter) -> None:
         self.pool = runtime.pool
         self.writer = writer
+
+    async def _once(
+        self, method: str, request: Message, response_type: type[ResponseT], work: Callable[[], Awaitable[ResponseT]]
+    ) -> ResponseT:
+        return await idempotency.run_once(
+            self.pool,
+            scope=_scope(request),
+            key=request.idempotency_key.key,  # type: ignore[attr-defined]
+            method=method,
+            request=request,
+            response_type=response_type,
+            work=work,
+        )
 
     # -- kinds and accounts --------------------------------------------------------------------
 
@@ -64,8 +87,12 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         kind = mapping.account_kind(request.account_kind)
         violations = _require_key_and_actor(request) + [FieldViolation(f, d) for f, d in kind_violations(kind)]
         _raise_if(violations)
-        stored = await usecases.create_kind(self.pool, kind)
-        return wallet_pb2.CreateAccountKindResponse(account_kind=mapping.account_kind_message(stored))
+
+        async def work() -> wallet_pb2.CreateAccountKindResponse:
+            stored = await usecases.create_kind(self.pool, kind)
+            return wallet_pb2.CreateAccountKindResponse(account_kind=mapping.account_kind_message(stored))
+
+        return await self._once("CreateAccountKind", request, wallet_pb2.CreateAccountKindResponse, work)
 
     async def ListAccountKinds(
         self, request: wallet_pb2.ListAccountKindsRequest, context: aio.ServicerContext
@@ -84,15 +111,19 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         if not 1 <= len(request.member_id) <= 64:
             violations.append(FieldViolation("member_id", "required, at most 64 characters"))
         _raise_if(violations)
-        opened = await usecases.open_member_accounts(
-            self.pool, program_id=request.program_id, member_id=request.member_id, kinds=list(request.kinds)
-        )
-        master = await self._master_account(opened.master_account_id, request.program_id, request.member_id)
-        return wallet_pb2.OpenMemberAccountsResponse(
-            master_account=master,
-            master_account_created=opened.master_created,
-            opened_account_ids=opened.opened_account_ids,
-        )
+
+        async def work() -> wallet_pb2.OpenMemberAccountsResponse:
+            opened = await usecases.open_member_accounts(
+                self.pool, program_id=request.program_id, member_id=request.member_id, kinds=list(request.kinds)
+            )
+            master = await self._master_account(opened.master_account_id, request.program_id, request.member_id)
+            return wallet_pb2.OpenMemberAccountsResponse(
+                master_account=master,
+                master_account_created=opened.master_created,
+                opened_account_ids=opened.opened_account_ids,
+            )
+
+        return await self._once("OpenMemberAccounts", request, wallet_pb2.OpenMemberAccountsResponse, work)
 
     async def OpenSystemAccount(
         self, request: wallet_pb2.OpenSystemAccountRequest, context: aio.ServicerContext
@@ -114,17 +145,21 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             violations.append(FieldViolation("partner_id", "must be empty for EXPIRY and ADJUSTMENT"))
         _raise_if(violations)
         unit = Unit(request.unit.type, request.unit.currency_code, request.unit.scale)
-        account_id, created = await usecases.open_system_account(
-            self.pool,
-            program_id=request.program_id,
-            role=SystemRole(request.role),
-            unit=unit,
-            partner_id=request.partner_id,
-        )
-        (view,), _ = await usecases.read_accounts(self.pool, [account_id])
-        return wallet_pb2.OpenSystemAccountResponse(
-            account=mapping.account_message(view.account, view.balance), created=created
-        )
+
+        async def work() -> wallet_pb2.OpenSystemAccountResponse:
+            account_id, created = await usecases.open_system_account(
+                self.pool,
+                program_id=request.program_id,
+                role=SystemRole(request.role),
+                unit=unit,
+                partner_id=request.partner_id,
+            )
+            (view,), _ = await usecases.read_accounts(self.pool, [account_id])
+            return wallet_pb2.OpenSystemAccountResponse(
+                account=mapping.account_message(view.account, view.balance), created=created
+            )
+
+        return await self._once("OpenSystemAccount", request, wallet_pb2.OpenSystemAccountResponse, work)
 
     async def GetAccount(
         self, request: wallet_pb2.GetAccountRequest, context: aio.ServicerContext
@@ -172,6 +207,53 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             state=wallet_pb2.ACCOUNT_STATE_ACTIVE,
             accounts=[mapping.account_message(v.account, v.balance) for v in views],
         )
+
+    async def FreezeAccount(
+        self, request: wallet_pb2.FreezeAccountRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.FreezeAccountResponse:
+        response: wallet_pb2.FreezeAccountResponse = await self._change_freeze(request, frozen=True)
+        return response
+
+    async def UnfreezeAccount(
+        self, request: wallet_pb2.UnfreezeAccountRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.UnfreezeAccountResponse:
+        response: wallet_pb2.UnfreezeAccountResponse = await self._change_freeze(request, frozen=False)
+        return response
+
+    async def _change_freeze(self, request: Any, *, frozen: bool) -> Any:
+        violations = _require_key_and_actor(request)
+        if not request.WhichOneof("target"):
+            violations.append(FieldViolation("target", "set master_account_id or account_id"))
+        if len(request.reason) > 256:
+            violations.append(FieldViolation("reason", "at most 256 characters"))
+        _raise_if(violations)
+        response_type = wallet_pb2.FreezeAccountResponse if frozen else wallet_pb2.UnfreezeAccountResponse
+        mode = FreezeMode(request.mode) if frozen else FreezeMode.NONE
+
+        async def work() -> Any:
+            await usecases.set_frozen(
+                self.pool,
+                account_id=request.account_id,
+                master_account_id=request.master_account_id,
+                frozen=frozen,
+                mode=mode,
+                reason=request.reason,
+            )
+            if request.master_account_id:
+                ids = await usecases.master_account_ids(self.pool, request.master_account_id)
+                views, _ = await usecases.read_accounts(self.pool, ids)
+                first = views[0].account if views else None
+                master = self._master_message(
+                    request.master_account_id,
+                    first.program_id if first else "",
+                    first.member_id if first else "",
+                    views,
+                )
+                return response_type(master_account=master)
+            (view,), _ = await usecases.read_accounts(self.pool, [request.account_id])
+            return response_type(account=mapping.account_message(view.account, view.balance))
+
+        return await self._once("FreezeAccount" if frozen else "UnfreezeAccount", request, response_type, work)
 
     # -- the ledger ------------------------------------------------------------------------------
 

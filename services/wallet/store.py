@@ -221,6 +221,58 @@ async def ensure_primary_account(
     return str(existing), False
 
 
+async def set_account_state(
+    connection: Connection, account_id: str, *, state: AccountState, freeze_mode: FreezeMode, reason: str
+) -> int | None:
+    """Set an account's own state unless it is closed; returns its state before, None if unknown."""
+    if not _is_uuid(account_id):
+        return None
+    before = await connection.fetchval("SELECT state FROM accounts WHERE account_id = $1 FOR UPDATE", account_id)
+    if before is None or before == AccountState.CLOSED:
+        return before  # type: ignore[no-any-return]
+    await connection.execute(
+        """
+        UPDATE accounts SET state = $2, freeze_mode = $3, state_reason = $4, state_time = now()
+        WHERE account_id = $1
+        """,
+        account_id,
+        int(state),
+        int(freeze_mode),
+        reason,
+    )
+    return before  # type: ignore[no-any-return]
+
+
+async def set_master_state(
+    connection: Connection, master_account_id: str, *, state: AccountState, freeze_mode: FreezeMode, reason: str
+) -> int | None:
+    """Set a master account's state, mirrored onto its sub-accounts; returns the state before."""
+    if not _is_uuid(master_account_id):
+        return None
+    before = await connection.fetchval(
+        "SELECT state FROM master_accounts WHERE master_account_id = $1 FOR UPDATE", master_account_id
+    )
+    if before is None or before == AccountState.CLOSED:
+        return before  # type: ignore[no-any-return]
+    await connection.execute(
+        """
+        UPDATE master_accounts SET state = $2, freeze_mode = $3, state_reason = $4, state_time = now()
+        WHERE master_account_id = $1
+        """,
+        master_account_id,
+        int(state),
+        int(freeze_mode),
+        reason,
+    )
+    await connection.execute(
+        "UPDATE accounts SET master_state = $2, master_freeze_mode = $3 WHERE master_account_id = $1",
+        master_account_id,
+        int(state),
+        int(freeze_mode),
+    )
+    return before  # type: ignore[no-any-return]
+
+
 # ------------------------------------------------------------------------------------------------
 # Reading accounts and balances
 
@@ -228,14 +280,12 @@ _ACCOUNT_COLUMNS = """
     a.account_id, a.program_id, a.type, a.kind, a.master_account_id, a.member_id, a.system_role, a.partner_id,
     a.pool_id, a.unit_type, a.currency_code, a.scale, a.state, a.freeze_mode, a.state_reason, a.is_primary,
     a.external_ref, a.display_name, a.create_time, a.state_time, a.debits_posted, a.credits_posted,
-    a.debits_pending, a.credits_pending, a.lifetime_earned, a.entry_sequence,
-    m.state AS master_state, m.freeze_mode AS master_freeze_mode,
+    a.debits_pending, a.credits_pending, a.lifetime_earned, a.entry_sequence, a.master_state, a.master_freeze_mode,
     k.spendable, k.transferable, k.overdraft_mode, k.debt_limit_minor, k.balance_max_minor, k.activation_delay_s,
     k.expiry_mode, k.lifetime_s, k.fixed_expiry_time, k.redemption_priority
 """
 _ACCOUNT_FROM = """
     FROM accounts a
-    LEFT JOIN master_accounts m ON m.master_account_id = a.master_account_id
     LEFT JOIN account_kinds k ON k.program_id = a.program_id AND k.kind = a.kind
 """
 
@@ -272,9 +322,9 @@ async def load_accounts(
 
 
 def _account(row: Any) -> Account:
-    own_state, master_state = AccountState(row["state"]), AccountState(row["master_state"] or 1)
+    own_state, master_state = AccountState(row["state"]), AccountState(row["master_state"])
     state = max(own_state, master_state)  # CLOSED > FROZEN > ACTIVE: the stricter one applies
-    freeze = FreezeMode(max(row["freeze_mode"], row["master_freeze_mode"] or 0))
+    freeze = FreezeMode(max(row["freeze_mode"], row["master_freeze_mode"]))
     account_type = AccountType(row["type"])
     return Account(
         account_id=str(row["account_id"]),

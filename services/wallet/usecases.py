@@ -12,7 +12,16 @@ import asyncpg
 from services.wallet import store
 from services.wallet.domain.accounts import AccountKind
 from services.wallet.domain.ledger import balance_of
-from services.wallet.domain.model import Account, AccountState, Balance, Lot, SystemRole, TransferRecord, Unit
+from services.wallet.domain.model import (
+    Account,
+    AccountState,
+    Balance,
+    FreezeMode,
+    Lot,
+    SystemRole,
+    TransferRecord,
+    Unit,
+)
 from shared.errors import DomainError, Reason
 
 
@@ -147,3 +156,22 @@ async def lots(
         return await store.list_lots(
             connection, account_id, offset=offset, limit=limit, include_spent=include_spent
         ), now
+
+
+async def set_frozen(
+    pool: asyncpg.Pool, *, account_id: str, master_account_id: str, frozen: bool, mode: FreezeMode, reason: str
+) -> None:
+    """Freeze (or unfreeze) one account or a master account with all its sub-accounts."""
+    state = AccountState.FROZEN if frozen else AccountState.ACTIVE
+    mode = (mode or FreezeMode.DEBITS) if frozen else FreezeMode.NONE
+    async with pool.acquire() as connection, connection.transaction():
+        if master_account_id:
+            before = await store.set_master_state(
+                connection, master_account_id, state=state, freeze_mode=mode, reason=reason
+            )
+        else:
+            before = await store.set_account_state(connection, account_id, state=state, freeze_mode=mode, reason=reason)
+    if before is None:
+        raise DomainError(Reason.ACCOUNT_NOT_FOUND, f"no account {master_account_id or account_id!r}")
+    if before == AccountState.CLOSED:
+        raise DomainError(Reason.ACCOUNT_CLOSED, f"account {master_account_id or account_id!r} is closed")

@@ -18,6 +18,7 @@ from services.wallet import store
 from services.wallet.domain.accounts import STRIPES
 from services.wallet.domain.ledger import Batch
 from services.wallet.domain.model import TransferState
+from shared import idempotency
 
 log = logging.getLogger(__name__)
 ROUND_ITEMS_MAX = 500
@@ -74,6 +75,7 @@ async def run(pool: asyncpg.Pool, *, interval_s: float) -> None:
         try:
             holds = await expire_holds(pool)
             lots = await expire_lots(pool)
+            await idempotency.purge_expired(pool)
             if holds or lots:
                 log.info("ledger work: %d holds released, %d lots expired", holds, lots)
         except asyncio.CancelledError:

@@ -59,6 +59,11 @@ CREATE TABLE accounts (
     state             smallint    NOT NULL DEFAULT 1 CHECK (state IN (1, 2, 3)),
     freeze_mode       smallint    NOT NULL DEFAULT 0 CHECK (freeze_mode IN (0, 1, 2)),
     state_reason      text        NOT NULL DEFAULT '',
+    -- The master account's state, mirrored onto each sub-account in the same transaction that
+    -- changes it: transfer batches lock account rows only, so a master freeze waits for the
+    -- batches in flight and every later batch sees it.
+    master_state       smallint   NOT NULL DEFAULT 1 CHECK (master_state IN (1, 2, 3)),
+    master_freeze_mode smallint   NOT NULL DEFAULT 0 CHECK (master_freeze_mode IN (0, 1, 2)),
     is_primary        boolean     NOT NULL DEFAULT false,
     external_ref      text,
     display_name      text        NOT NULL DEFAULT '',

@@ -136,6 +136,7 @@ async def test_opening_member_accounts_is_idempotent(program: Program) -> None:
         program_id=program.program_id, member_id="member-1", actor=ACTOR, idempotency_key=key()
     )
     first = await program.stub.OpenMemberAccounts(request)
+    request.idempotency_key.key = str(uuid.uuid4())  # a new call, not a retry: the member decides
     second = await program.stub.OpenMemberAccounts(request)
     assert first.master_account_created and not second.master_account_created
     assert first.master_account.master_account_id == second.master_account.master_account_id
@@ -310,3 +311,56 @@ async def test_the_whole_ledger_sums_to_zero(infra: Infra, program: Program) -> 
     finally:
         await connection.close()
     assert sums and all(posted == 0 for _, _, posted, _ in sums)
+
+
+async def test_freezing_blocks_debits_not_credits_and_open_holds_still_resolve(program: Program) -> None:
+    member = await program.member(funded=1000)
+    hold = str(uuid.uuid4())
+    (held,) = await program.transfers(
+        program.redemption_of(member, 100, hold, timeout_s=60, flags=w.TransferFlags(pending=True))
+    )
+    assert held.code == CREATED
+    await program.stub.FreezeAccount(
+        w.FreezeAccountRequest(account_id=member, reason="fraud review", actor=ACTOR, idempotency_key=key())
+    )
+    spent, earned, posted = await program.transfers(
+        program.redemption_of(member, 10),
+        program.accrual(member, 10),
+        w.Transfer(transfer_id=str(uuid.uuid4()), pending_transfer_id=hold, flags=w.TransferFlags(post_pending=True)),
+    )
+    assert spent.code == w.TRANSFER_RESULT_CODE_DEBIT_ACCOUNT_FROZEN
+    assert (earned.code, posted.code) == (CREATED, CREATED)
+    await program.stub.UnfreezeAccount(w.UnfreezeAccountRequest(account_id=member, actor=ACTOR, idempotency_key=key()))
+    (after,) = await program.transfers(program.redemption_of(member, 10))
+    assert after.code == CREATED
+    assert await program.available(member) == 1000 - 100 + 10 - 10
+
+
+async def test_a_master_freeze_in_mode_all_refuses_credits_to_every_sub_account(program: Program) -> None:
+    response = await program.stub.OpenMemberAccounts(
+        w.OpenMemberAccountsRequest(
+            program_id=program.program_id, member_id="frozen-member", actor=ACTOR, idempotency_key=key()
+        )
+    )
+    master, member = response.master_account.master_account_id, response.master_account.accounts[0].account_id
+    frozen = await program.stub.FreezeAccount(
+        w.FreezeAccountRequest(master_account_id=master, mode=w.FREEZE_MODE_ALL, actor=ACTOR, idempotency_key=key())
+    )
+    assert frozen.master_account.accounts[0].effective_state == w.ACCOUNT_STATE_FROZEN
+    (earned,) = await program.transfers(program.accrual(member, 10))
+    assert earned.code == w.TRANSFER_RESULT_CODE_CREDIT_ACCOUNT_FROZEN
+
+
+async def test_admin_calls_replay_by_key_and_refuse_a_reused_key(program: Program) -> None:
+    request = w.OpenMemberAccountsRequest(
+        program_id=program.program_id, member_id="keyed-member", actor=ACTOR, idempotency_key=key()
+    )
+    first = await program.stub.OpenMemberAccounts(request)
+    replay = await program.stub.OpenMemberAccounts(request)
+    assert replay.SerializeToString(deterministic=True) == first.SerializeToString(deterministic=True)
+    assert replay.master_account_created  # the original response, not a fresh look
+    request.member_id = "another-member"
+    with pytest.raises(aio.AioRpcError) as raised:
+        await program.stub.OpenMemberAccounts(request)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "IDEMPOTENCY_KEY_REUSED" in str(raised.value.trailing_metadata())
