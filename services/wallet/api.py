@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from google.protobuf.descriptor import ServiceDescriptor
@@ -29,6 +30,7 @@ from shared.server import Runtime
 from shared.servicers import add_service
 
 ResponseT = TypeVar("ResponseT", bound=Message)
+EXTERNAL_REF = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{8,128}")
 ACCOUNT_IDS_MAX = 100
 PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 50, 1000
@@ -47,6 +49,16 @@ def _require_key_and_actor(request: object) -> list[FieldViolation]:
 def _raise_if(violations: Sequence[FieldViolation]) -> None:
     if violations:
         raise invalid_argument(violations)
+
+
+def _account_cursor(token: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    time_text, _, account_id = token.partition("|")
+    try:
+        return datetime.fromisoformat(time_text), account_id
+    except ValueError:
+        raise invalid_argument([FieldViolation("page_token", "not a token from this list")]) from None
 
 
 def _page_size(requested: int) -> int:
@@ -160,6 +172,68 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             )
 
         return await self._once("OpenSystemAccount", request, wallet_pb2.OpenSystemAccountResponse, work)
+
+    async def OpenSubAccount(
+        self, request: wallet_pb2.OpenSubAccountRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.OpenSubAccountResponse:
+        violations = _require_key_and_actor(request)
+        if not request.program_id:
+            violations.append(FieldViolation("program_id", "required"))
+        if not request.kind:
+            violations.append(FieldViolation("kind", "required"))
+        if not EXTERNAL_REF.fullmatch(request.external_ref):
+            violations.append(FieldViolation("external_ref", "1..128 characters from [A-Za-z0-9._:-]"))
+        if len(request.display_name) > 64:
+            violations.append(FieldViolation("display_name", "at most 64 characters"))
+        _raise_if(violations)
+
+        async def work() -> wallet_pb2.OpenSubAccountResponse:
+            account_id, created = await usecases.open_sub_account(
+                self.pool,
+                program_id=request.program_id,
+                kind=request.kind,
+                master_account_id=request.master_account_id,
+                external_ref=request.external_ref,
+                display_name=request.display_name,
+            )
+            (view,), _ = await usecases.read_accounts(self.pool, [account_id])
+            return wallet_pb2.OpenSubAccountResponse(
+                account=mapping.account_message(view.account, view.balance), created=created
+            )
+
+        return await self._once("OpenSubAccount", request, wallet_pb2.OpenSubAccountResponse, work)
+
+    async def ListAccounts(
+        self, request: wallet_pb2.ListAccountsRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.ListAccountsResponse:
+        if not (request.program_id or request.member_id or request.master_account_id):
+            raise invalid_argument(
+                [FieldViolation("program_id", "at least one of program_id, member_id, master_account_id")]
+            )
+        size = _page_size(request.page_size)
+        after = _account_cursor(request.page_token)
+        found = await usecases.find_accounts(
+            self.pool,
+            program_id=request.program_id,
+            member_id=request.member_id,
+            master_account_id=request.master_account_id,
+            account_type=request.type,
+            system_role=request.system_role,
+            partner_id=request.partner_id,
+            kind=request.kind,
+            states=list(request.states),
+            external_ref=request.external_ref,
+            after=after,
+            limit=size + 1,
+        )
+        views, _ = await usecases.read_accounts(self.pool, [account_id for account_id, _ in found[:size]])
+        token = ""
+        if len(found) > size:
+            last_id, last_time = found[size - 1]
+            token = f"{last_time.isoformat()}|{last_id}"
+        return wallet_pb2.ListAccountsResponse(
+            accounts=[mapping.account_message(v.account, v.balance) for v in views], next_page_token=token
+        )
 
     async def GetAccount(
         self, request: wallet_pb2.GetAccountRequest, context: aio.ServicerContext

@@ -13,7 +13,6 @@ from loyalty.wallet.v1 import wallet_pb2
 from services.wallet.domain.accounts import AccountKind
 from services.wallet.domain.model import (
     Account,
-    AccountType,
     Balance,
     EntryType,
     ExpiryMode,
@@ -242,7 +241,9 @@ def account_message(account: Account, balance: Balance) -> wallet_pb2.Account:
         state=int(account.state),  # type: ignore[arg-type]
         effective_state=int(account.state),  # type: ignore[arg-type]
         freeze_mode=int(account.freeze_mode),  # type: ignore[arg-type]
-        primary=account.type is AccountType.MEMBER,
+        primary=account.primary,
+        external_ref=account.external_ref,
+        display_name=account.display_name,
     )
     if account.policy is not None:
         message.policy.CopyFrom(policy_message(account.policy))

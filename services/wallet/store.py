@@ -273,6 +273,108 @@ async def set_master_state(
     return before  # type: ignore[no-any-return]
 
 
+async def ensure_sub_account(
+    connection: Connection,
+    *,
+    program_id: str,
+    kind: AccountKind,
+    master_account_id: str,
+    member_id: str,
+    external_ref: str,
+    display_name: str,
+) -> tuple[str, bool]:
+    """An additional (or bearer) account keyed by (program, external_ref)."""
+    account_id = await connection.fetchval(
+        """
+        INSERT INTO accounts (account_id, program_id, type, kind, master_account_id, member_id, unit_type,
+            currency_code, scale, external_ref, display_name, balance_floor)
+        VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        ON CONFLICT (program_id, external_ref) WHERE external_ref IS NOT NULL DO NOTHING
+        RETURNING account_id
+        """,
+        str(uuid.uuid4()),
+        program_id,
+        kind.kind,
+        master_account_id or None,
+        member_id or None,
+        kind.unit.type,
+        kind.unit.currency_code,
+        kind.unit.scale,
+        external_ref,
+        display_name,
+        balance_floor(kind.policy),
+    )
+    if account_id is not None:
+        return str(account_id), True
+    existing = await connection.fetchrow(
+        "SELECT account_id, kind, master_account_id FROM accounts WHERE program_id = $1 AND external_ref = $2",
+        program_id,
+        external_ref,
+    )
+    assert existing is not None
+    same = existing["kind"] == kind.kind and str(existing["master_account_id"] or "") == master_account_id
+    return (str(existing["account_id"]), False) if same else ("", False)
+
+
+async def master_account(connection: Connection, master_account_id: str) -> Any:
+    if not _is_uuid(master_account_id):
+        return None
+    return await connection.fetchrow("SELECT * FROM master_accounts WHERE master_account_id = $1", master_account_id)
+
+
+async def find_account_ids(
+    connection: Connection,
+    *,
+    program_id: str,
+    member_id: str,
+    master_account_id: str,
+    account_type: int,
+    system_role: int,
+    partner_id: str,
+    kind: str,
+    states: Sequence[int],
+    external_ref: str,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[tuple[str, datetime]]:
+    """Ids (and creation times, the page cursor) of accounts matching every given filter."""
+    conditions, arguments = [], []
+
+    def where(condition: str, value: Any) -> None:
+        arguments.append(value)
+        conditions.append(condition.replace("?", f"${len(arguments)}"))
+
+    if program_id:
+        where("program_id = ?", program_id)
+    if member_id:
+        where("member_id = ?", member_id)
+    if master_account_id:
+        where("master_account_id = ?::uuid", master_account_id if _is_uuid(master_account_id) else None)
+    if account_type:
+        where("type = ?", account_type)
+    if system_role:
+        where("system_role = ?", system_role)
+    if partner_id:
+        where("partner_id = ?", partner_id)
+    if kind:
+        where("kind = ?", kind)
+    if states:
+        where("state = ANY(?::smallint[])", list(states))
+    if external_ref:
+        where("external_ref = ?", external_ref)
+    if after is not None:
+        where("(create_time, account_id::text) > (?, ", after[0])
+        arguments.append(after[1])
+        conditions[-1] += f"${len(arguments)})"
+    arguments.append(limit)
+    rows = await connection.fetch(
+        f"SELECT account_id, create_time FROM accounts WHERE {' AND '.join(conditions)}"
+        f" ORDER BY create_time, account_id::text LIMIT ${len(arguments)}",
+        *arguments,
+    )
+    return [(str(row["account_id"]), row["create_time"]) for row in rows]
+
+
 # ------------------------------------------------------------------------------------------------
 # Reading accounts and balances
 
@@ -339,6 +441,9 @@ def _account(row: Any) -> Account:
         system_role=SystemRole(row["system_role"]),
         partner_id=row["partner_id"],
         pool_id=str(row["pool_id"] or ""),
+        primary=row["is_primary"],
+        external_ref=row["external_ref"] or "",
+        display_name=row["display_name"],
         policy=_policy(row) if account_type is not AccountType.SYSTEM else None,
         # SYSTEM accounts start each batch at zero: the batch accumulates deltas for one stripe.
         debits_posted=row["debits_posted"] if account_type is not AccountType.SYSTEM else 0,

@@ -175,3 +175,51 @@ async def set_frozen(
         raise DomainError(Reason.ACCOUNT_NOT_FOUND, f"no account {master_account_id or account_id!r}")
     if before == AccountState.CLOSED:
         raise DomainError(Reason.ACCOUNT_CLOSED, f"account {master_account_id or account_id!r} is closed")
+
+
+async def open_sub_account(
+    pool: asyncpg.Pool, *, program_id: str, kind: str, master_account_id: str, external_ref: str, display_name: str
+) -> tuple[str, bool]:
+    """An additional account under a master account, or a bearer account (money kinds only)."""
+    async with pool.acquire() as connection, connection.transaction():
+        account_kind = await store.get_kind(connection, program_id, kind)
+        if account_kind is None:
+            raise DomainError(
+                Reason.RESOURCE_NOT_FOUND,
+                f"program {program_id!r} has no account kind {kind!r}",
+                metadata={"resourceType": "AccountKind", "resourceId": f"{program_id}/{kind}"},
+            )
+        member_id = ""
+        if master_account_id:
+            master = await store.master_account(connection, master_account_id)
+            if master is None or master["program_id"] != program_id:
+                raise DomainError(Reason.ACCOUNT_NOT_FOUND, f"no master account {master_account_id!r} in the program")
+            if master["state"] == AccountState.CLOSED:
+                raise DomainError(Reason.ACCOUNT_CLOSED, f"master account {master_account_id!r} is closed")
+            member_id = master["member_id"]
+        elif account_kind.unit.type != 2:
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                "a bearer account (no master account) must be of a MONEY kind (gift balances)",
+            )
+        account_id, created = await store.ensure_sub_account(
+            connection,
+            program_id=program_id,
+            kind=account_kind,
+            master_account_id=master_account_id,
+            member_id=member_id,
+            external_ref=external_ref,
+            display_name=display_name,
+        )
+    if not account_id:
+        raise DomainError(
+            Reason.ALREADY_EXISTS,
+            f"external_ref {external_ref!r} already names another account",
+            metadata={"resourceType": "Account", "resourceId": external_ref},
+        )
+    return account_id, created
+
+
+async def find_accounts(pool: asyncpg.Pool, **filters: Any) -> list[tuple[str, datetime]]:
+    async with pool.acquire() as connection:
+        return await store.find_account_ids(connection, **filters)

@@ -364,3 +364,44 @@ async def test_admin_calls_replay_by_key_and_refuse_a_reused_key(program: Progra
         await program.stub.OpenMemberAccounts(request)
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "IDEMPOTENCY_KEY_REUSED" in str(raised.value.trailing_metadata())
+
+
+async def test_additional_and_bearer_accounts_are_keyed_by_external_ref(program: Program) -> None:
+    member = await program.stub.OpenMemberAccounts(
+        w.OpenMemberAccountsRequest(
+            program_id=program.program_id, member_id="family", actor=ACTOR, idempotency_key=key()
+        )
+    )
+    master = member.master_account.master_account_id
+    request = w.OpenSubAccountRequest(
+        program_id=program.program_id,
+        kind="base",
+        master_account_id=master,
+        external_ref="card:child-1",
+        display_name="Masha's card",
+        actor=ACTOR,
+        idempotency_key=key(),
+    )
+    first = await program.stub.OpenSubAccount(request)
+    request.idempotency_key.key = str(uuid.uuid4())
+    again = await program.stub.OpenSubAccount(request)
+    assert first.created and not again.created
+    assert first.account.account_id == again.account.account_id
+    assert (first.account.external_ref, first.account.primary) == ("card:child-1", False)
+    # A points kind cannot back a bearer account (only gift money can be anonymous).
+    with pytest.raises(aio.AioRpcError) as raised:
+        await program.stub.OpenSubAccount(
+            w.OpenSubAccountRequest(
+                program_id=program.program_id, kind="base", external_ref="gift:1", actor=ACTOR, idempotency_key=key()
+            )
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    listed = await program.stub.ListAccounts(w.ListAccountsRequest(master_account_id=master, page_size=1))
+    assert len(listed.accounts) == 1 and listed.next_page_token
+    rest = await program.stub.ListAccounts(
+        w.ListAccountsRequest(master_account_id=master, page_size=1, page_token=listed.next_page_token)
+    )
+    assert {listed.accounts[0].account_id, rest.accounts[0].account_id} == {
+        member.master_account.accounts[0].account_id,
+        first.account.account_id,
+    }
