@@ -18,10 +18,11 @@ from grpc import aio
 from loyalty.common.v1 import types_pb2
 from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-from services.wallet import mapping, usecases, worker
+from services.wallet import mapping, members, usecases, worker
 from services.wallet.domain.accounts import kind_violations
 from services.wallet.domain.ledger import BATCH_SIZE_MAX
-from services.wallet.domain.model import FreezeMode, SystemRole, Unit
+from services.wallet.domain.model import AMOUNT_MAX, FreezeMode, SystemRole, Unit
+from services.wallet.domain.pools import Period, valid_time_zone
 from services.wallet.writer import TransferWriter
 from shared import idempotency
 from shared.config import float_between, int_between, read_setting
@@ -328,6 +329,174 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             return response_type(account=mapping.account_message(view.account, view.balance))
 
         return await self._once("FreezeAccount" if frozen else "UnfreezeAccount", request, response_type, work)
+
+    # -- between members -------------------------------------------------------------------------
+
+    async def TransferPoints(
+        self, request: wallet_pb2.TransferPointsRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.TransferPointsResponse:
+        violations = _require_key_and_actor(request)
+        for name in ("from_account_id", "to_account_id"):
+            if not getattr(request, name):
+                violations.append(FieldViolation(name, "required"))
+        if not 1 <= request.amount_minor <= AMOUNT_MAX:
+            violations.append(FieldViolation("amount_minor", f"1..{AMOUNT_MAX}"))
+        if len(request.memo) > 256:
+            violations.append(FieldViolation("memo", "at most 256 characters"))
+        _raise_if(violations)
+        outcome = await members.give_points(
+            self.pool,
+            self.writer,
+            from_account_id=request.from_account_id,
+            to_account_id=request.to_account_id,
+            amount=request.amount_minor,
+            memo=request.memo,
+            metadata=tuple(sorted(request.metadata.items())),
+            actor=members.Actor(request.actor.type, request.actor.id),
+            key=request.idempotency_key.key,
+            body=request.SerializeToString(deterministic=True),
+        )
+        records = await usecases.lookup(self.pool, [outcome.transfer_id])
+        response = wallet_pb2.TransferPointsResponse(transfer=mapping.transfer_record(records[outcome.transfer_id]))
+        balance = mapping.account_balance(outcome.debit_balance)
+        if balance is not None:
+            response.from_account_balance.CopyFrom(balance)
+        return response
+
+    async def CreatePool(
+        self, request: wallet_pb2.CreatePoolRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.CreatePoolResponse:
+        violations = _require_key_and_actor(request)
+        for name in ("program_id", "owner_member_id", "kind"):
+            if not getattr(request, name):
+                violations.append(FieldViolation(name, "required"))
+        if not 1 <= len(request.display_name) <= 64:
+            violations.append(FieldViolation("display_name", "1..64 characters"))
+        time_zone = request.time_zone or "UTC"
+        if not valid_time_zone(time_zone):
+            violations.append(FieldViolation("time_zone", "an IANA time zone, e.g. Europe/Moscow"))
+        _raise_if(violations)
+
+        async def work() -> wallet_pb2.CreatePoolResponse:
+            pool_id = await members.create_pool(
+                self.pool,
+                program_id=request.program_id,
+                owner_member_id=request.owner_member_id,
+                kind=request.kind,
+                display_name=request.display_name,
+                time_zone=time_zone,
+                actor=members.Actor(request.actor.type, request.actor.id),
+            )
+            return wallet_pb2.CreatePoolResponse(pool=await self._pool_message(pool_id))
+
+        return await self._once("CreatePool", request, wallet_pb2.CreatePoolResponse, work)
+
+    async def GetPool(
+        self, request: wallet_pb2.GetPoolRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.GetPoolResponse:
+        return wallet_pb2.GetPoolResponse(pool=await self._pool_message(request.pool_id))
+
+    async def ListPools(
+        self, request: wallet_pb2.ListPoolsRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.ListPoolsResponse:
+        _raise_if([FieldViolation("program_id", "required")] if not request.program_id else [])
+        size = _page_size(request.page_size)
+        offset = int(request.page_token) if request.page_token.isdigit() else 0
+        ids = await members.find_pools(
+            self.pool,
+            program_id=request.program_id,
+            member_id=request.member_id,
+            states=list(request.states),
+            offset=offset,
+            limit=size + 1,
+        )
+        pools = [await self._pool_message(pool_id) for pool_id in ids[:size]]
+        return wallet_pb2.ListPoolsResponse(pools=pools, next_page_token=str(offset + size) if len(ids) > size else "")
+
+    async def AddPoolMember(
+        self, request: wallet_pb2.AddPoolMemberRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.AddPoolMemberResponse:
+        period = self._limit(request)
+
+        async def work() -> wallet_pb2.AddPoolMemberResponse:
+            await members.add_member(
+                self.pool,
+                pool_id=request.pool_id,
+                member_id=request.member_id,
+                period=period,
+                limit_minor=request.spending_limit.amount_minor,
+                actor=members.Actor(request.actor.type, request.actor.id),
+            )
+            return wallet_pb2.AddPoolMemberResponse(pool=await self._pool_message(request.pool_id))
+
+        return await self._once("AddPoolMember", request, wallet_pb2.AddPoolMemberResponse, work)
+
+    async def UpdatePoolMember(
+        self, request: wallet_pb2.UpdatePoolMemberRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.UpdatePoolMemberResponse:
+        period = self._limit(request)
+
+        async def work() -> wallet_pb2.UpdatePoolMemberResponse:
+            await members.update_member(
+                self.pool,
+                pool_id=request.pool_id,
+                member_id=request.member_id,
+                period=period,
+                limit_minor=request.spending_limit.amount_minor,
+                actor=members.Actor(request.actor.type, request.actor.id),
+            )
+            return wallet_pb2.UpdatePoolMemberResponse(pool=await self._pool_message(request.pool_id))
+
+        return await self._once("UpdatePoolMember", request, wallet_pb2.UpdatePoolMemberResponse, work)
+
+    async def RemovePoolMember(
+        self, request: wallet_pb2.RemovePoolMemberRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.RemovePoolMemberResponse:
+        _raise_if(_require_key_and_actor(request))
+
+        async def work() -> wallet_pb2.RemovePoolMemberResponse:
+            await members.remove_member(
+                self.pool,
+                pool_id=request.pool_id,
+                member_id=request.member_id,
+                actor=members.Actor(request.actor.type, request.actor.id),
+            )
+            return wallet_pb2.RemovePoolMemberResponse(pool=await self._pool_message(request.pool_id))
+
+        return await self._once("RemovePoolMember", request, wallet_pb2.RemovePoolMemberResponse, work)
+
+    async def ClosePool(
+        self, request: wallet_pb2.ClosePoolRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.ClosePoolResponse:
+        _raise_if(_require_key_and_actor(request))
+
+        async def work() -> wallet_pb2.ClosePoolResponse:
+            await members.close_pool(
+                self.pool,
+                self.writer,
+                pool_id=request.pool_id,
+                actor=members.Actor(request.actor.type, request.actor.id),
+            )
+            return wallet_pb2.ClosePoolResponse(pool=await self._pool_message(request.pool_id))
+
+        return await self._once("ClosePool", request, wallet_pb2.ClosePoolResponse, work)
+
+    @staticmethod
+    def _limit(request: Any) -> Period:
+        violations = _require_key_and_actor(request)
+        if not request.pool_id or not request.member_id:
+            violations.append(FieldViolation("pool_id", "pool_id and member_id are required"))
+        limit = request.spending_limit
+        if limit.period == wallet_pb2.SPENDING_LIMIT_PERIOD_UNSPECIFIED:
+            violations.append(FieldViolation("spending_limit.period", "required"))
+        if not 0 <= limit.amount_minor <= AMOUNT_MAX:
+            violations.append(FieldViolation("spending_limit.amount_minor", f"0..{AMOUNT_MAX}"))
+        _raise_if(violations)
+        return Period(limit.period)
+
+    async def _pool_message(self, pool_id: str) -> wallet_pb2.Pool:
+        view = await members.read_pool(self.pool, pool_id)
+        return mapping.pool_message(view)
 
     # -- the ledger ------------------------------------------------------------------------------
 

@@ -334,3 +334,38 @@ def entry_message(row: Any, unit: Unit, kind: str) -> wallet_pb2.Entry:
     set_time(message.recorded_time, row["recorded_time"])
     set_time(message.effective_time, row["effective_time"])
     return message
+
+
+def pool_message(view: Any) -> wallet_pb2.Pool:
+    """A pool (members.PoolView) with its members' usage in their current periods."""
+    row = view.row
+    message = wallet_pb2.Pool(
+        pool_id=str(row["pool_id"]),
+        program_id=row["program_id"],
+        kind=row["kind"],
+        account_id=str(row["account_id"]),
+        owner_member_id=row["owner_member_id"],
+        display_name=row["display_name"],
+        state=row["state"],
+        time_zone=row["time_zone"],
+    )
+    for member in view.members:
+        spent = next((v for (m, _), v in view.spent.items() if m == member["member_id"]), 0)
+        start = next((s for (m, s) in view.spent if m == member["member_id"]), None)
+        limited = member["role"] == 2 and member["limit_period"] != 1
+        entry = message.members.add(
+            member_id=member["member_id"],
+            role=member["role"],
+            spending_limit=wallet_pb2.SpendingLimit(period=member["limit_period"], amount_minor=member["limit_minor"]),
+            spent_in_period_minor=spent,
+            remaining_in_period_minor=max(0, member["limit_minor"] - spent) if limited else 0,
+        )
+        if start is not None and member["limit_period"] not in (1, 5):
+            set_time(entry.period_start_time, start)
+        set_time(entry.join_time, member["join_time"])
+    converted = account_balance(view.balance)
+    if converted is not None:
+        message.balance.CopyFrom(converted)
+    set_time(message.create_time, row["create_time"])
+    set_time(message.close_time, row["close_time"])
+    return message

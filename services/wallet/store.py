@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.wallet.domain.accounts import PROGRAM_SYSTEM_ROLES, STRIPES, AccountKind, balance_floor
@@ -39,6 +39,7 @@ from services.wallet.domain.model import (
     TransferState,
     Unit,
 )
+from services.wallet.domain.pools import Period, Pool, PoolMember, PoolState, Role
 from shared.db import Connection
 
 # ------------------------------------------------------------------------------------------------
@@ -541,6 +542,7 @@ async def load_batch(connection: Connection, requests: Sequence[TransferRequest]
     for record in records.values():
         account_ids |= {record.request.debit_account_id, record.request.credit_account_id}
     accounts = await load_accounts(connection, account_ids - {""}, lock=True)
+    await load_pools(connection, accounts, now)
     return Batch(now=now, accounts=accounts, records=records)
 
 
@@ -628,7 +630,8 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 
 
 async def persist(connection: Connection, batch: Batch, *, stripe: int) -> None:
-    """Write what the batch decided, in one round trip."""
+    """Write what the batch decided: one round trip (two when pools spent)."""
+    await persist_pool_spending(connection, (batch.accounts[i] for i in batch.touched_accounts))
     created_ids = {record.transfer_id for record in batch.created}
     new_transfers = [_transfer_row(record) for record in batch.created]
     changed = [
@@ -960,3 +963,204 @@ def decode_outcome(data: dict[str, Any]) -> Outcome:
 
 def entry_type(value: int) -> EntryType:
     return EntryType(value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Household pools
+
+
+async def create_pool(
+    connection: Connection,
+    *,
+    program_id: str,
+    kind: AccountKind,
+    owner_member_id: str,
+    display_name: str,
+    time_zone: str,
+) -> str | None:
+    """A POOL account and its pool, with the owner as its first member; None when the owner
+    already belongs to a pool of this program and kind."""
+    account_id, pool_id = str(uuid.uuid4()), str(uuid.uuid4())
+    await connection.execute(
+        """
+        INSERT INTO accounts (account_id, program_id, type, kind, pool_id, unit_type, currency_code, scale,
+            balance_floor)
+        VALUES ($1, $2, 2, $3, $4, $5, $6, $7, $8)
+        """,
+        account_id,
+        program_id,
+        kind.kind,
+        pool_id,
+        kind.unit.type,
+        kind.unit.currency_code,
+        kind.unit.scale,
+        balance_floor(kind.policy),
+    )
+    await connection.execute(
+        """
+        INSERT INTO pools (pool_id, program_id, kind, account_id, owner_member_id, display_name, time_zone)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        """,
+        pool_id,
+        program_id,
+        kind.kind,
+        account_id,
+        owner_member_id,
+        display_name,
+        time_zone,
+    )
+    owner_added = await add_pool_member(
+        connection,
+        pool_id=pool_id,
+        program_id=program_id,
+        kind=kind.kind,
+        member_id=owner_member_id,
+        role=Role.OWNER,
+        period=Period.NO_LIMIT,
+        limit_minor=0,
+    )
+    if not owner_added:
+        return None  # the owner belongs to another pool of this kind: the caller rolls back
+    return pool_id
+
+
+async def add_pool_member(
+    connection: Connection,
+    *,
+    pool_id: str,
+    program_id: str,
+    kind: str,
+    member_id: str,
+    role: Role,
+    period: Period,
+    limit_minor: int,
+) -> bool:
+    """False when the member already belongs to a pool of this program and kind."""
+    added = await connection.fetchval(
+        """
+        INSERT INTO pool_members (pool_id, member_id, program_id, kind, role, limit_period, limit_minor)
+        VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING true
+        """,
+        pool_id,
+        member_id,
+        program_id,
+        kind,
+        int(role),
+        int(period),
+        limit_minor,
+    )
+    return bool(added)
+
+
+async def update_pool_member(
+    connection: Connection, *, pool_id: str, member_id: str, period: Period, limit_minor: int
+) -> bool:
+    status = await connection.execute(
+        "UPDATE pool_members SET limit_period = $3, limit_minor = $4"
+        " WHERE pool_id = $1 AND member_id = $2 AND role = 2",
+        pool_id,
+        member_id,
+        int(period),
+        limit_minor,
+    )
+    return status.endswith(" 1")
+
+
+async def remove_pool_member(connection: Connection, *, pool_id: str, member_id: str) -> None:
+    await connection.execute(
+        "DELETE FROM pool_members WHERE pool_id = $1 AND member_id = $2 AND role = 2", pool_id, member_id
+    )
+
+
+async def pool_row(connection: Connection, pool_id: str, *, lock: bool = False) -> Any:
+    if not _is_uuid(pool_id):
+        return None
+    return await connection.fetchrow(
+        "SELECT * FROM pools WHERE pool_id = $1" + (" FOR UPDATE" if lock else ""), pool_id
+    )
+
+
+async def pool_members(connection: Connection, pool_id: str) -> list[Any]:
+    return list(
+        await connection.fetch(
+            "SELECT * FROM pool_members WHERE pool_id = $1 ORDER BY role, join_time, member_id", pool_id
+        )
+    )
+
+
+async def close_pool(connection: Connection, pool_id: str) -> None:
+    await connection.execute("UPDATE pools SET state = 2, close_time = now() WHERE pool_id = $1", pool_id)
+    await connection.execute(
+        "UPDATE accounts SET state = 3, state_reason = 'pool closed', state_time = now()"
+        " WHERE account_id = (SELECT account_id FROM pools WHERE pool_id = $1)",
+        pool_id,
+    )
+
+
+async def find_pools(
+    connection: Connection, *, program_id: str, member_id: str, states: Sequence[int], offset: int, limit: int
+) -> list[str]:
+    rows = await connection.fetch(
+        """
+        SELECT p.pool_id FROM pools p
+        WHERE p.program_id = $1
+          AND ($2 = '' OR EXISTS (SELECT 1 FROM pool_members m WHERE m.pool_id = p.pool_id AND m.member_id = $2))
+          AND (cardinality($3::smallint[]) = 0 OR p.state = ANY($3::smallint[]))
+        ORDER BY p.create_time, p.pool_id OFFSET $4 LIMIT $5
+        """,
+        program_id,
+        member_id,
+        list(states),
+        offset,
+        limit,
+    )
+    return [str(row["pool_id"]) for row in rows]
+
+
+async def load_pools(connection: Connection, accounts: dict[str, Account], now: datetime) -> None:
+    """Attach its pool (members and recent spending) to every POOL account of a batch."""
+    pool_ids = [a.pool_id for a in accounts.values() if a.type is AccountType.POOL and a.pool_id]
+    if not pool_ids:
+        return
+    pools = {
+        str(r["pool_id"]): Pool(str(r["pool_id"]), r["time_zone"], PoolState(r["state"]), {})
+        for r in await connection.fetch("SELECT * FROM pools WHERE pool_id = ANY($1::uuid[])", pool_ids)
+    }
+    for row in await connection.fetch("SELECT * FROM pool_members WHERE pool_id = ANY($1::uuid[])", pool_ids):
+        pools[str(row["pool_id"])].members[row["member_id"]] = PoolMember(
+            row["member_id"], Role(row["role"]), Period(row["limit_period"]), row["limit_minor"]
+        )
+    # Holds live at most 30 days, so no period older than ~32 days can still change.
+    for row in await connection.fetch(
+        """
+        SELECT * FROM pool_spending WHERE pool_id = ANY($1::uuid[])
+          AND (period_start >= $2 OR period_start = 'epoch'::timestamptz)
+        """,
+        pool_ids,
+        now - timedelta(days=62),
+    ):
+        member = pools[str(row["pool_id"])].members.get(row["member_id"])
+        if member is not None:
+            member.spent[row["period_start"]] = row["spent_minor"]
+    for account in accounts.values():
+        if account.pool_id in pools:
+            account.pool = pools[account.pool_id]
+
+
+async def persist_pool_spending(connection: Connection, accounts: Iterable[Account]) -> None:
+    rows = [
+        (account.pool.pool_id, member_id, start, account.pool.members[member_id].spent[start])
+        for account in accounts
+        if account.pool is not None
+        for member_id, start in sorted(account.pool.changed)
+        if member_id in account.pool.members
+    ]
+    if rows:
+        await connection.execute(
+            """
+            INSERT INTO pool_spending (pool_id, member_id, period_start, spent_minor)
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[])
+            ON CONFLICT (pool_id, member_id, period_start) DO UPDATE SET spent_minor = EXCLUDED.spent_minor
+            """,
+            *_columns(rows, 4),
+        )

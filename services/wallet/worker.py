@@ -33,7 +33,9 @@ async def expire_holds(pool: asyncpg.Pool, now: datetime | None = None) -> int:
             return 0
         records = await store.load_records(connection, hold_ids, lock=True)
         account_ids = {i for r in records.values() for i in (r.request.debit_account_id, r.request.credit_account_id)}
-        batch = Batch(now=now, accounts=await store.load_accounts(connection, account_ids, lock=True), records=records)
+        accounts = await store.load_accounts(connection, account_ids, lock=True)
+        await store.load_pools(connection, accounts, now)
+        batch = Batch(now=now, accounts=accounts, records=records)
         for record in records.values():
             if record.state is TransferState.PENDING:
                 batch.expire_hold(record)

@@ -35,6 +35,7 @@ ATTEMPTS_MAX = 5
 @dataclass
 class _Call:
     requests: Sequence[TransferRequest]
+    internal: bool = False  # transfers the wallet makes itself (ids under "wallet:")
     done: asyncio.Future[list[Outcome]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -67,8 +68,8 @@ class TransferWriter:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
-    async def submit(self, requests: Sequence[TransferRequest]) -> list[Outcome]:
-        call = _Call(requests)
+    async def submit(self, requests: Sequence[TransferRequest], *, internal: bool = False) -> list[Outcome]:
+        call = _Call(requests, internal)
         await self.queue.put(call)
         return await call.done
 
@@ -107,7 +108,7 @@ class TransferWriter:
                 async with self.pool.acquire() as connection, connection.transaction():
                     now = await self.clock(connection)
                     batch = await store.load_batch(connection, requests, now)
-                    results = [batch.apply(list(call.requests)) for call in calls]
+                    results = [batch.apply(list(call.requests), internal=call.internal) for call in calls]
                     await store.persist(connection, batch, stripe=random.randrange(STRIPES))
                 return results
             except RETRYABLE as error:

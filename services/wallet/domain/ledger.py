@@ -47,6 +47,7 @@ from services.wallet.domain.model import (
     TransferRequest,
     TransferState,
 )
+from services.wallet.domain.pools import Pool, PoolMember
 
 TIMEOUT_S_MAX = 2_592_000  # 30 days
 IMPORT_AGE_MAX = timedelta(days=90)
@@ -59,6 +60,11 @@ MEMO_LENGTH_MAX = 256
 TRANSFER_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 WALLET_ID_PREFIX = "wallet:"
 BATCH_SIZE_MAX = 1000
+# Credits whose lots keep the activation and expiry of the lots they came from.
+KEEPS_LOT_TIMES = frozenset({Reason.MEMBER_TRANSFER, Reason.POOL_CONTRIBUTION, Reason.POOL_RETURN})
+# Debits that never go into debt, whatever their flags: spending and giving away (AccountPolicy,
+# TransferFlags.allow_debt; TransferPoints gives only available points).
+NEVER_INTO_DEBT = SPENDING_REASONS | {Reason.MEMBER_TRANSFER, Reason.POOL_CONTRIBUTION}
 
 
 class LedgerInvariantError(Exception):
@@ -167,11 +173,13 @@ def balance_of(account: Account, now: datetime) -> Balance:
     for lot in account.lots:
         if lot.remaining == 0:
             continue
+        if lot.is_expired(now):
+            # Waiting for the expiry run: no longer spendable. Checked before activation so that a
+            # lot that expired before it activated is not subtracted twice.
+            expired_free += lot.free()
+            continue
         if not lot.is_active(now):
             pending_lots += lot.remaining
-        if lot.is_expired(now):
-            expired_free += lot.free()  # waiting for the expiry run: no longer spendable
-            continue
         if lot.expiry_time is not None:
             if next_expiry is None or lot.expiry_time < next_expiry:
                 next_expiry, next_expiry_amount = lot.expiry_time, lot.remaining
@@ -240,8 +248,9 @@ class Batch:
 
     # -- public -----------------------------------------------------------------------------
 
-    def apply(self, requests: list[TransferRequest]) -> list[Outcome]:
-        """Decide every transfer in order; a linked chain succeeds or fails as one."""
+    def apply(self, requests: list[TransferRequest], *, internal: bool = False) -> list[Outcome]:
+        """Decide every transfer in order; a linked chain succeeds or fails as one. `internal`:
+        transfers the wallet makes itself (ids under "wallet:", its reserved reasons)."""
         outcomes: list[Outcome] = []
         index = 0
         while index < len(requests):
@@ -252,7 +261,10 @@ class Batch:
                 outcomes += [Outcome(r.transfer_id, Code.LINKED_EVENT_CHAIN_OPEN) for r in requests[index:]]
                 break
             chain = requests[index : end + 1]
-            outcomes += self._apply_chain(chain) if len(chain) > 1 else [self._decide(chain[0])]
+            if len(chain) > 1:
+                outcomes += self._apply_chain(chain, internal=internal)
+            else:
+                outcomes.append(self._decide(chain[0], internal=internal))
             index = end + 1
         for account_id in self.touched_accounts:
             check_account_invariants(self.accounts[account_id])
@@ -261,8 +273,10 @@ class Batch:
     def expire_hold(self, record: TransferRecord) -> None:
         """Release a hold whose deadline passed (the background worker, or a late post)."""
         ensure(record.state is TransferState.PENDING, "only open holds expire")
+        deadline = record.pending_expiry_time
+        ensure(deadline is not None and deadline <= self.now, f"hold {record.transfer_id} expired before its deadline")
         self._touch(record)
-        self._release_hold(record, posted=0, entry_type=EntryType.EXPIRE_PENDING, resolver="")
+        self._release_hold(record, posted=0, entry_type=EntryType.EXPIRE_PENDING)
         record.state = TransferState.EXPIRED
         record.resolved_time = self.now
         self.updated[record.transfer_id] = record
@@ -305,13 +319,13 @@ class Batch:
 
     # -- chains -------------------------------------------------------------------------------
 
-    def _apply_chain(self, chain: list[TransferRequest]) -> list[Outcome]:
+    def _apply_chain(self, chain: list[TransferRequest], *, internal: bool) -> list[Outcome]:
         marks = (len(self.created), len(self.entries), len(self.new_lots), set(self.records), set(self.updated))
         self._journal = {}
         try:
             decided = []
             for request in chain:
-                outcome = self._decide(request, in_chain=True)
+                outcome = self._decide(request, in_chain=True, internal=internal)
                 decided.append(outcome)
                 if not outcome.code.succeeded:
                     self._undo(marks)
@@ -328,6 +342,10 @@ class Batch:
             saved = dict(vars(obj))
             if isinstance(obj, Account):
                 saved["lots"] = list(obj.lots)
+            if isinstance(obj, PoolMember):
+                saved["spent"] = dict(obj.spent)
+            if isinstance(obj, Pool):
+                saved["changed"] = set(obj.changed)
             self._journal[id(obj)] = (obj, copy.copy(saved))
 
     def _undo(self, marks: tuple[int, int, int, set[str], set[str]]) -> None:
@@ -356,6 +374,8 @@ class Batch:
         if existing is not None:
             return self._replay(existing, request)
         effective_time = request.imported_time if request.flags.imported and request.imported_time else self.now
+        if self._lot_terms_refused(request, effective_time):
+            return Outcome(request.transfer_id, Code.INVALID_LOT_TERMS)  # a validation code: not recorded
         rejection = self._reject_reason(request, effective_time)
         if rejection is not None:
             if in_chain:  # a failed chain records nothing (TigerBeetle's rule)
@@ -377,13 +397,16 @@ class Batch:
         return replace(original, code=code, replayed=True)
 
     def _record_rejection(self, request: TransferRequest, code: Code, effective_time: datetime) -> Outcome:
-        debit = self.accounts.get(request.debit_account_id)
+        # The contract returns the balances of a state-dependent rejection too (as they were when it
+        # was refused), for both member-side accounts; a post or void names its hold's accounts.
+        debit_id, credit_id = self._account_ids(request)
         outcome = Outcome(
             request.transfer_id,
             code,
             recorded_time=self.now,
             effective_time=effective_time,
-            debit_balance=self._member_balance(debit) if code is Code.INSUFFICIENT_FUNDS else None,
+            debit_balance=self._member_balance(self.accounts.get(debit_id)),
+            credit_balance=self._member_balance(self.accounts.get(credit_id)),
         )
         record = TransferRecord(
             request=request,
@@ -396,6 +419,14 @@ class Batch:
         )
         self._add_record(record)
         return outcome
+
+    def _account_ids(self, request: TransferRequest) -> tuple[str, str]:
+        """The accounts a transfer moves: a post or void may leave them empty, meaning its hold's."""
+        if request.flags.resolves_hold:
+            hold = self.records.get(request.pending_transfer_id)
+            if hold is not None and hold.is_hold and hold.state is not TransferState.REJECTED:
+                return hold.request.debit_account_id, hold.request.credit_account_id
+        return request.debit_account_id, request.credit_account_id
 
     def _add_record(self, record: TransferRecord) -> None:
         self.records[record.transfer_id] = record
@@ -429,6 +460,9 @@ class Batch:
             return Code.CREDIT_ACCOUNT_FROZEN
         if not _reason_fits(Reason(request.reason), debit, credit):
             return Code.REASON_NOT_ALLOWED_FOR_ACCOUNT
+        pool_refusal = _pool_refusal(request, debit, credit, effective_time)
+        if pool_refusal is not None:
+            return pool_refusal
         if request.reverses_transfer_id:
             rejection = self._reject_reversal(request)
             if rejection is not None:
@@ -477,15 +511,33 @@ class Batch:
         posted_single_phase = original.state is TransferState.POSTED and not original.is_hold
         if not posted_single_phase or original.request.flags.void_pending:
             return Code.REVERSED_TRANSFER_NOT_REVERSIBLE
-        goes_back = (
-            original.request.credit_account_id == request.debit_account_id
-            and original.request.debit_account_id == request.credit_account_id
-        )
+        original_debit, original_credit = self._account_ids(original.request)  # a post's are its hold's
+        goes_back = original_credit == request.debit_account_id and original_debit == request.credit_account_id
         if not goes_back:
             return Code.REVERSED_TRANSFER_NOT_REVERSIBLE
         if original.reversed_amount + request.amount > original.amount:
             return Code.REVERSAL_EXCEEDS_ORIGINAL
         return None
+
+    def _lot_terms_refused(self, request: TransferRequest, effective_time: datetime) -> bool:
+        """The rules of lot terms that need the credit account and the clock (INVALID_LOT_TERMS):
+        no terms on a credit to a SYSTEM account; an explicit expiry after the lot's activation and
+        after the effective time; nothing credited on or after a FIXED_TIME kind's expiry."""
+        if request.flags.resolves_hold:
+            return False  # the hold's terms apply; validated when the hold was made
+        credit = self.accounts.get(request.credit_account_id)
+        if credit is None:
+            return False  # CREDIT_ACCOUNT_NOT_FOUND decides
+        if not credit.has_lots:
+            return request.lot_terms is not None
+        if request.reason in KEEPS_LOT_TIMES or request.reason == Reason.REDEMPTION_REVERSAL:
+            return False  # the lots keep (or get back) the times of the lots they came from
+        activation, expiry = self._lot_times(credit, request, effective_time)
+        if expiry is None:
+            return False
+        if request.lot_terms is not None and request.lot_terms.expiry_time is not None:
+            return expiry <= max(activation, effective_time)
+        return expiry <= effective_time
 
     def _usable(self, debit: Account, request: TransferRequest) -> int:
         """How much this transfer may take from a member or pool account."""
@@ -496,15 +548,20 @@ class Batch:
         debt_allowed = (
             request.flags.allow_debt
             and not request.flags.pending
+            and request.reason not in NEVER_INTO_DEBT  # "spending never creates debt" (AccountPolicy)
             and debit.policy is not None
             and debit.policy.overdraft_mode is OverdraftMode.DEBT_ALLOWED
         )
         if not debt_allowed:
             return available
         assert debit.policy is not None
-        if debit.policy.debt_limit_minor == 0:
-            return INT64_MAX
-        return available + debit.policy.debt_limit_minor
+        usable = INT64_MAX if debit.policy.debt_limit_minor == 0 else available + debit.policy.debt_limit_minor
+        if debit.debits_pending:
+            # A debt has no lots, and the lots open holds earmarked must stay for them: while holds
+            # are open, a debit may take every unheld lot (not yet active or expired too) but not
+            # reach below what the holds keep.
+            usable = min(usable, debit.posted - debit.debits_pending)
+        return usable
 
     def _member_balance_value(self, account: Account) -> int:
         return balance_of(account, self.now).available
@@ -543,6 +600,7 @@ class Batch:
             record.allocations = self._earmark(debit, request.amount)
             debit.debits_pending += request.amount
             credit.credits_pending += request.amount
+            self._count_pool_spending(debit, request, request.amount, at=effective_time)
             entry_type = EntryType.PENDING
         else:
             consumed = self._debit_posted(debit, request)
@@ -552,6 +610,7 @@ class Batch:
             # its own lot first).
             record.allocations = consumed if debit.has_lots else created
             self._note_reversal(request)
+            self._count_pool_spending(debit, request, request.amount, at=effective_time)
             entry_type = EntryType.POSTED
         outcome = self._outcome(record, debit, credit, amount=request.amount, lot_id=lot_id)
         record.outcome = outcome
@@ -569,7 +628,7 @@ class Batch:
         posted = (request.amount or hold.amount) if request.flags.post_pending else 0
         released = hold.amount - posted
         entry_type = EntryType.POST_PENDING if request.flags.post_pending else EntryType.VOID_PENDING
-        lot_id = self._release_hold(hold, posted=posted, entry_type=None, resolver=request.transfer_id)
+        lot_id, allocations = self._release_hold(hold, posted=posted, entry_type=None)
         hold.state = TransferState.POSTED if request.flags.post_pending else TransferState.VOIDED
         hold.posted_amount = posted
         hold.resolved_by_transfer_id = request.transfer_id
@@ -582,6 +641,8 @@ class Batch:
             recorded_time=self.now,
             effective_time=effective_time,
             amount=posted if request.flags.post_pending else hold.amount,
+            # As for a single-phase transfer: what a reversal of this post needs later.
+            allocations=allocations,
         )
         outcome = self._outcome(record, debit, credit, amount=record.amount, lot_id=lot_id, released=released)
         record.outcome = outcome
@@ -589,8 +650,11 @@ class Batch:
         self._entries(record, debit, credit, entry_type, amount=record.amount, released=released)
         return outcome
 
-    def _release_hold(self, hold: TransferRecord, *, posted: int, entry_type: EntryType | None, resolver: str) -> str:
-        """Release a hold's reservation; move `posted` of it. Returns the credit lot's id, if any."""
+    def _release_hold(
+        self, hold: TransferRecord, *, posted: int, entry_type: EntryType | None
+    ) -> tuple[str, list[tuple[str, int]]]:
+        """Release a hold's reservation; move `posted` of it. Returns the credit lot's id, if any, and
+        the lots the posted part consumed (debit side with lots) or created (credit side)."""
         debit = self.accounts[hold.request.debit_account_id]
         credit = self.accounts[hold.request.credit_account_id]
         self._touch(debit)
@@ -598,6 +662,8 @@ class Batch:
         self.touched_accounts.update((debit.account_id, credit.account_id))
         debit.debits_pending -= hold.amount
         credit.credits_pending -= hold.amount
+        # A pool member's open hold counted as spent; what it did not post is spendable again.
+        self._count_pool_spending(debit, hold.request, -(hold.amount - posted), at=hold.effective_time)
         left_to_post = posted
         consumed: list[tuple[str, int]] = []
         for lot_id, earmarked in hold.allocations:
@@ -612,12 +678,12 @@ class Batch:
         if debit.has_lots:
             ensure(left_to_post == 0, f"{hold.transfer_id}: hold posted beyond its earmarked lots")
         debit.debits_posted += posted
-        credit_lot_id = ""
+        credit_lot_id, created = "", list[tuple[str, int]]()
         if posted:
-            credit_lot_id, _ = self._credit_posted(credit, hold.request, posted, hold.effective_time, consumed)
+            credit_lot_id, created = self._credit_posted(credit, hold.request, posted, hold.effective_time, consumed)
         if entry_type is not None:
             self._entries(hold, debit, credit, entry_type, amount=hold.amount, released=hold.amount - posted)
-        return credit_lot_id
+        return credit_lot_id, consumed if debit.has_lots else created
 
     def _earmark(self, debit: Account, amount: int) -> list[tuple[str, int]]:
         if not debit.has_lots:
@@ -636,6 +702,11 @@ class Batch:
         first = self._own_lot(request, debit)
         consumed = self._take(debit, request.amount, _consume, first=first)
         taken = sum(a for _, a in consumed)
+        if taken < request.amount:
+            # Only a debit allowed into debt gets here (`_usable`). A debt has no lots, so it also
+            # takes the unheld lots that are not yet active or already expired.
+            consumed += self._take(debit, request.amount - taken, _consume, any_unheld=True)
+            taken = sum(a for _, a in consumed)
         ensure(taken == request.amount or debit.posted < 0, f"{request.transfer_id}: debit not covered by lots")
         return consumed
 
@@ -648,14 +719,21 @@ class Batch:
         return next((lot for lot in debit.lots if lot.lot_id == original.allocations[0][0]), None)
 
     def _take(
-        self, account: Account, amount: int, action: Callable[[Lot, int], None], *, first: Lot | None = None
+        self,
+        account: Account,
+        amount: int,
+        action: Callable[[Lot, int], None],
+        *,
+        first: Lot | None = None,
+        any_unheld: bool = False,
     ) -> list[tuple[str, int]]:
-        """Walk the spendable lots in consumption order (`first` before all), applying `action`."""
+        """Walk the spendable lots (with `any_unheld`, every lot with an unheld part) in consumption
+        order (`first` before all), applying `action`."""
         spendable = sorted(
             (
                 lot
                 for lot in account.lots
-                if lot.free() > 0 and lot.is_active(self.now) and not lot.is_expired(self.now)
+                if lot.free() > 0 and (any_unheld or (lot.is_active(self.now) and not lot.is_expired(self.now)))
             ),
             key=Lot.consumption_key,
         )
@@ -702,7 +780,7 @@ class Batch:
     ) -> Iterable[tuple[int, Lot | None]]:
         """Transfers between members keep the times of the lots they took; a redemption's reversal
         restores those of the lots it spent; any other credit is one lot with fresh terms."""
-        keep_times = request.reason in (Reason.MEMBER_TRANSFER, Reason.POOL_CONTRIBUTION, Reason.POOL_RETURN)
+        keep_times = request.reason in KEEPS_LOT_TIMES
         if request.reason == Reason.REDEMPTION_REVERSAL:
             sources = self._restorable(request)
             keep_times = True
@@ -776,10 +854,25 @@ class Batch:
             return activation, activation + timedelta(seconds=policy.lifetime_s)
         return activation, policy.fixed_expiry_time
 
+    def _count_pool_spending(self, debit: Account, request: TransferRequest, amount: int, *, at: datetime) -> None:
+        """Spending from a pool counts against the spender's limit in the period it happened."""
+        pool = debit.pool
+        if pool is None or request.reason not in SPENDING_REASONS or amount == 0:
+            return
+        member = pool.members.get(request.on_behalf_of_member_id)
+        self._touch(pool)
+        if member is not None:
+            self._touch(member)
+        pool.count(request.on_behalf_of_member_id, at, amount)
+
     def _note_reversal(self, request: TransferRequest) -> None:
         if not request.reverses_transfer_id:
             return
         original = self.records[request.reverses_transfer_id]
+        credit = self.accounts.get(request.credit_account_id)
+        if credit is not None and request.reason == Reason.REDEMPTION_REVERSAL:
+            # A refund of pool spending gives the spender's allowance back (to its period).
+            self._count_pool_spending(credit, original.request, -request.amount, at=original.effective_time)
         self._touch(original)
         original.reversed_amount += request.amount
         ensure(original.reversed_amount <= original.amount, "reversals exceed the original")
@@ -860,6 +953,22 @@ class Batch:
 def _exceeds_balance_max(credit: Account, amount: int) -> bool:
     cap = credit.policy.balance_max_minor if credit.policy else 0
     return bool(cap) and credit.posted + credit.credits_pending + amount > cap
+
+
+def _pool_refusal(request: TransferRequest, debit: Account, credit: Account, at: datetime) -> Code | None:
+    """Pool rules: only current members spend (within their limit) or contribute."""
+    reason = Reason(request.reason)
+    if debit.pool is not None and reason in SPENDING_REASONS:
+        allowance = debit.pool.allowance(request.on_behalf_of_member_id, at)
+        if allowance == -1:
+            return Code.POOL_MEMBER_NOT_FOUND
+        if allowance is not None and request.amount > allowance:
+            return Code.POOL_SPENDING_LIMIT_EXCEEDED
+    if credit.pool is not None and reason is Reason.POOL_CONTRIBUTION:
+        contributor = request.on_behalf_of_member_id or debit.member_id
+        if contributor != debit.member_id or contributor not in credit.pool.members:
+            return Code.POOL_MEMBER_NOT_FOUND
+    return None
 
 
 def _consume(lot: Lot, take: int) -> None:

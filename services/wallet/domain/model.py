@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
 
+from services.wallet.domain.pools import Pool
+
 AMOUNT_MAX = 10**15
 INT64_MAX = 2**63 - 1
 
@@ -253,6 +255,9 @@ class Account:
     system_role: SystemRole = SystemRole.NONE
     partner_id: str = ""
     pool_id: str = ""
+    primary: bool = False
+    external_ref: str = ""
+    display_name: str = ""
     policy: Policy | None = None
     debits_posted: int = 0
     credits_posted: int = 0
@@ -261,6 +266,8 @@ class Account:
     lifetime_earned: int = 0
     entry_sequence: int = 0
     lots: list[Lot] = field(default_factory=list)
+    # POOL accounts: the pool's members and their spending.
+    pool: Pool | None = None
 
     @property
     def has_lots(self) -> bool:
