@@ -21,7 +21,7 @@ from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.wallet import mapping, members, usecases, worker
 from services.wallet.domain.accounts import kind_violations
 from services.wallet.domain.ledger import BATCH_SIZE_MAX
-from services.wallet.domain.model import AMOUNT_MAX, FreezeMode, SystemRole, Unit
+from services.wallet.domain.model import AMOUNT_MAX, AccountType, FreezeMode, SystemRole, Unit
 from services.wallet.domain.pools import Period, valid_time_zone
 from services.wallet.writer import TransferWriter
 from shared import idempotency
@@ -329,6 +329,48 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             return response_type(account=mapping.account_message(view.account, view.balance))
 
         return await self._once("FreezeAccount" if frozen else "UnfreezeAccount", request, response_type, work)
+
+    async def CloseAccount(
+        self, request: wallet_pb2.CloseAccountRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.CloseAccountResponse:
+        violations = _require_key_and_actor(request)
+        if not request.WhichOneof("target"):
+            violations.append(FieldViolation("target", "set master_account_id or account_id"))
+        if request.disposition == wallet_pb2.CLOSURE_DISPOSITION_UNSPECIFIED:
+            violations.append(FieldViolation("disposition", "REQUIRE_ZERO or FORFEIT"))
+        _raise_if(violations)
+        forfeit = request.disposition == wallet_pb2.CLOSURE_DISPOSITION_FORFEIT
+
+        async def work() -> wallet_pb2.CloseAccountResponse:
+            if request.master_account_id:
+                ids = await usecases.master_account_ids(self.pool, request.master_account_id)
+                if not ids:
+                    raise DomainError(Reason.ACCOUNT_NOT_FOUND, f"no master account {request.master_account_id!r}")
+            else:
+                ids = [request.account_id]
+                views, _ = await usecases.read_accounts(self.pool, ids)
+                if not views:
+                    raise DomainError(Reason.ACCOUNT_NOT_FOUND, f"no account {request.account_id!r}")
+                if views[0].account.type is not AccountType.MEMBER and forfeit:
+                    raise invalid_argument([FieldViolation("disposition", "only REQUIRE_ZERO for system accounts")])
+            forfeits = await usecases.close_accounts(
+                self.pool, self.writer, account_ids=ids, forfeit=forfeit, reason=request.reason
+            )
+            response = wallet_pb2.CloseAccountResponse(forfeit_transfer_ids=forfeits)
+            views, _ = await usecases.read_accounts(self.pool, ids)
+            if request.master_account_id:
+                await usecases.close_master(self.pool, request.master_account_id, reason=request.reason)
+                views, _ = await usecases.read_accounts(self.pool, ids)
+                first = views[0].account
+                response.master_account.CopyFrom(
+                    self._master_message(request.master_account_id, first.program_id, first.member_id, views)
+                )
+                response.master_account.state = wallet_pb2.ACCOUNT_STATE_CLOSED
+            else:
+                response.account.CopyFrom(mapping.account_message(views[0].account, views[0].balance))
+            return response
+
+        return await self._once("CloseAccount", request, wallet_pb2.CloseAccountResponse, work)
 
     # -- between members -------------------------------------------------------------------------
 

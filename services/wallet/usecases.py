@@ -11,7 +11,7 @@ import asyncpg
 
 from services.wallet import store
 from services.wallet.domain.accounts import AccountKind
-from services.wallet.domain.ledger import balance_of
+from services.wallet.domain.ledger import balance_of, internal_request
 from services.wallet.domain.model import (
     Account,
     AccountState,
@@ -21,6 +21,9 @@ from services.wallet.domain.model import (
     SystemRole,
     TransferRecord,
     Unit,
+)
+from services.wallet.domain.model import (
+    Reason as TransferReason,
 )
 from shared.errors import DomainError, Reason
 
@@ -223,3 +226,78 @@ async def open_sub_account(
 async def find_accounts(pool: asyncpg.Pool, **filters: Any) -> list[tuple[str, datetime]]:
     async with pool.acquire() as connection:
         return await store.find_account_ids(connection, **filters)
+
+
+async def close_accounts(
+    pool: asyncpg.Pool, writer: Any, *, account_ids: Sequence[str], forfeit: bool, reason: str
+) -> list[str]:
+    """Close accounts for good; with `forfeit`, what is left goes to EXPIRY first. Returns the
+    forfeiture transfer ids. Each account is frozen (mode ALL) before it is emptied, so nothing
+    lands between the forfeiture and the closure; a failure leaves it frozen, and the call can
+    be repeated (the forfeiture's id is derived from the account's state)."""
+    views, _ = await read_accounts(pool, account_ids)
+    for view in views:
+        _check_closable(view, forfeit=forfeit)
+    forfeits = []
+    for view in views:
+        account = view.account
+        if account.state is AccountState.CLOSED:
+            continue
+        async with pool.acquire() as connection, connection.transaction():
+            await store.set_account_state(
+                connection, account.account_id, state=AccountState.FROZEN, freeze_mode=FreezeMode.ALL, reason=reason
+            )
+        (fresh,), _ = await read_accounts(pool, [account.account_id])
+        _check_closable(fresh, forfeit=forfeit)
+        left = fresh.account.posted
+        if left > 0:
+            async with pool.acquire() as connection:
+                expiry = await store.expiry_account_id(connection, fresh.account)
+            if expiry is None:
+                raise DomainError(Reason.INTERNAL, "the program has no EXPIRY account")
+            transfer_id = f"wallet:closure:{account.account_id}:{fresh.account.credits_posted}"
+            request = internal_request(
+                transfer_id=transfer_id,
+                debit_account_id=account.account_id,
+                credit_account_id=expiry,
+                amount=left,
+                reason=TransferReason.ACCOUNT_CLOSURE,
+            )
+            (outcome,) = await writer.submit([request], internal=True)
+            if not outcome.code.succeeded:
+                raise DomainError(Reason.CONCURRENT_MODIFICATION, f"forfeiting the balance failed: {outcome.code.name}")
+            forfeits.append(transfer_id)
+        async with pool.acquire() as connection, connection.transaction():
+            await store.set_account_state(
+                connection, account.account_id, state=AccountState.CLOSED, freeze_mode=FreezeMode.NONE, reason=reason
+            )
+    return forfeits
+
+
+def _check_closable(view: AccountView, *, forfeit: bool) -> None:
+    account = view.account
+    if account.state is AccountState.CLOSED:
+        return
+    if account.debits_pending or account.credits_pending:
+        raise DomainError(
+            Reason.INVALID_STATE_TRANSITION,
+            f"account {account.account_id} has open holds",
+            metadata={"cause": "OPEN_HOLDS"},
+        )
+    if account.posted < 0:
+        raise DomainError(
+            Reason.ACCOUNT_NOT_EMPTY, f"account {account.account_id} is in debt", metadata={"cause": "DEBT_OUTSTANDING"}
+        )
+    if account.posted > 0 and not forfeit:
+        raise DomainError(
+            Reason.ACCOUNT_NOT_EMPTY,
+            f"account {account.account_id} still has a balance",
+            metadata={"cause": "BALANCE_NOT_ZERO"},
+        )
+
+
+async def close_master(pool: asyncpg.Pool, master_account_id: str, *, reason: str) -> None:
+    async with pool.acquire() as connection, connection.transaction():
+        await store.set_master_state(
+            connection, master_account_id, state=AccountState.CLOSED, freeze_mode=FreezeMode.NONE, reason=reason
+        )

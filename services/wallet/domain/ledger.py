@@ -454,7 +454,9 @@ class Batch:
             return Code.DEBIT_ACCOUNT_CLOSED
         if credit.state is AccountState.CLOSED:
             return Code.CREDIT_ACCOUNT_CLOSED
-        if debit.state is AccountState.FROZEN:
+        # An account is frozen before it is closed, so that nothing lands between its forfeiture
+        # and its closure; the forfeiture itself must pass.
+        if debit.state is AccountState.FROZEN and request.reason != Reason.ACCOUNT_CLOSURE:
             return Code.DEBIT_ACCOUNT_FROZEN
         if credit.state is AccountState.FROZEN and credit.freeze_mode is FreezeMode.ALL:
             return Code.CREDIT_ACCOUNT_FROZEN
@@ -541,6 +543,8 @@ class Batch:
 
     def _usable(self, debit: Account, request: TransferRequest) -> int:
         """How much this transfer may take from a member or pool account."""
+        if request.reason == Reason.ACCOUNT_CLOSURE:
+            return debit.posted - debit.debits_pending  # closure forfeits every lot, pending or expired
         available = self._member_balance_value(debit)
         own_lot = self._own_pending_lot(request, debit)
         if own_lot is not None:

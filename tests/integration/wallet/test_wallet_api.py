@@ -405,3 +405,36 @@ async def test_additional_and_bearer_accounts_are_keyed_by_external_ref(program:
         member.master_account.accounts[0].account_id,
         first.account.account_id,
     }
+
+
+async def test_closing_requires_zero_or_forfeits_to_expiry_and_is_final(infra: Infra, program: Program) -> None:
+    member = await program.member(funded=400)
+    with pytest.raises(aio.AioRpcError) as not_empty:
+        await program.stub.CloseAccount(
+            w.CloseAccountRequest(
+                account_id=member, disposition=w.CLOSURE_DISPOSITION_REQUIRE_ZERO, actor=ACTOR, idempotency_key=key()
+            )
+        )
+    assert "ACCOUNT_NOT_EMPTY" in str(not_empty.value.trailing_metadata())
+    closed = await program.stub.CloseAccount(
+        w.CloseAccountRequest(
+            account_id=member,
+            disposition=w.CLOSURE_DISPOSITION_FORFEIT,
+            reason="left the program",
+            actor=ACTOR,
+            idempotency_key=key(),
+        )
+    )
+    assert closed.account.state == w.ACCOUNT_STATE_CLOSED
+    assert closed.account.balance.available.amount_minor == 0
+    (forfeit,) = closed.forfeit_transfer_ids
+    lookup = await program.stub.LookupTransfers(w.LookupTransfersRequest(transfer_ids=[forfeit]))
+    assert lookup.transfers[0].transfer.reason == w.TRANSFER_REASON_ACCOUNT_CLOSURE
+    assert lookup.transfers[0].amount_minor == 400
+    (late,) = await program.transfers(program.accrual(member, 10))
+    assert late.code == w.TRANSFER_RESULT_CODE_CREDIT_ACCOUNT_CLOSED
+    with pytest.raises(aio.AioRpcError) as final:
+        await program.stub.UnfreezeAccount(
+            w.UnfreezeAccountRequest(account_id=member, actor=ACTOR, idempotency_key=key())
+        )
+    assert final.value.code() == grpc.StatusCode.FAILED_PRECONDITION
