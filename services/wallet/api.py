@@ -107,6 +107,19 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
         return await self._once("CreateAccountKind", request, wallet_pb2.CreateAccountKindResponse, work)
 
+    async def UpdateAccountKind(
+        self, request: wallet_pb2.UpdateAccountKindRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.UpdateAccountKindResponse:
+        kind = mapping.account_kind(request.account_kind)
+        violations = _require_key_and_actor(request) + [FieldViolation(f, d) for f, d in kind_violations(kind)]
+        _raise_if(violations)
+
+        async def work() -> wallet_pb2.UpdateAccountKindResponse:
+            stored = await usecases.update_kind(self.pool, kind)
+            return wallet_pb2.UpdateAccountKindResponse(account_kind=mapping.account_kind_message(stored))
+
+        return await self._once("UpdateAccountKind", request, wallet_pb2.UpdateAccountKindResponse, work)
+
     async def ListAccountKinds(
         self, request: wallet_pb2.ListAccountKindsRequest, context: aio.ServicerContext
     ) -> wallet_pb2.ListAccountKindsResponse:
@@ -564,6 +577,33 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         return wallet_pb2.LookupTransfersResponse(
             transfers=[mapping.transfer_record(records[i]) for i in request.transfer_ids if i in records],
             not_found_transfer_ids=[i for i in request.transfer_ids if i not in records],
+        )
+
+    async def ListTransfers(
+        self, request: wallet_pb2.ListTransfersRequest, context: aio.ServicerContext
+    ) -> wallet_pb2.ListTransfersResponse:
+        if not (request.account_id or request.operation_id or request.receipt_id):
+            raise invalid_argument([FieldViolation("operation_id", "set operation_id, receipt_id or account_id")])
+        if request.receipt_id and not request.terminal_id:
+            raise invalid_argument([FieldViolation("terminal_id", "required with receipt_id")])
+        size = _page_size(request.page_size)
+        before = _account_cursor(request.page_token)
+        records = await usecases.transfers(
+            self.pool,
+            account_id=request.account_id,
+            operation_id=request.operation_id,
+            terminal_id=request.terminal_id,
+            receipt_id=request.receipt_id,
+            states=list(request.states),
+            before=before,
+            limit=size + 1,
+        )
+        token = ""
+        if len(records) > size:
+            last = records[size - 1]
+            token = f"{last.recorded_time.isoformat()}|{last.transfer_id}"
+        return wallet_pb2.ListTransfersResponse(
+            transfers=[mapping.transfer_record(r) for r in records[:size]], next_page_token=token
         )
 
     async def GetBalances(

@@ -80,6 +80,43 @@ async def create_kind(connection: Connection, kind: AccountKind) -> AccountKind:
     return stored
 
 
+async def update_kind(connection: Connection, kind: AccountKind) -> AccountKind | None:
+    """Replace a kind's mutable parts; its accounts' balance floors follow the new policy."""
+    policy = kind.policy
+    updated = await connection.fetchval(
+        """
+        UPDATE account_kinds SET display_name = $3, spendable = $4, transferable = $5, overdraft_mode = $6,
+            debt_limit_minor = $7, balance_max_minor = $8, activation_delay_s = $9, expiry_mode = $10,
+            lifetime_s = $11, fixed_expiry_time = $12, redemption_priority = $13, open_by_default = $14,
+            update_time = now()
+        WHERE program_id = $1 AND kind = $2 RETURNING true
+        """,
+        kind.program_id,
+        kind.kind,
+        kind.display_name,
+        policy.spendable,
+        policy.transferable,
+        int(policy.overdraft_mode),
+        policy.debt_limit_minor,
+        policy.balance_max_minor,
+        policy.activation_delay_s,
+        int(policy.expiry_mode),
+        policy.lifetime_s,
+        policy.fixed_expiry_time,
+        policy.redemption_priority,
+        kind.open_by_default,
+    )
+    if not updated:
+        return None
+    await connection.execute(
+        "UPDATE accounts SET balance_floor = $3 WHERE program_id = $1 AND kind = $2 AND type <> 3",
+        kind.program_id,
+        kind.kind,
+        balance_floor(policy),
+    )
+    return await get_kind(connection, kind.program_id, kind.kind)
+
+
 async def get_kind(connection: Connection, program_id: str, kind: str) -> AccountKind | None:
     row = await connection.fetchrow("SELECT * FROM account_kinds WHERE program_id = $1 AND kind = $2", program_id, kind)
     return _kind(row) if row else None
@@ -520,6 +557,49 @@ async def database_now(connection: Connection) -> datetime:
 # Transfers: loading a batch
 
 
+async def find_transfers(
+    connection: Connection,
+    *,
+    account_id: str,
+    operation_id: str,
+    terminal_id: str,
+    receipt_id: str,
+    states: Sequence[int],
+    before: tuple[datetime, str] | None,
+    limit: int,
+) -> list[TransferRecord]:
+    """Recorded transfers by operation or by member account, newest first (keyset paging)."""
+    conditions, arguments = ["true"], []
+
+    def where(condition: str, *values: Any) -> None:
+        for value in values:
+            arguments.append(value)
+            condition = condition.replace("?", f"${len(arguments)}", 1)
+        conditions.append(condition)
+
+    if operation_id:
+        where("t.operation_id = ?", operation_id)
+    if receipt_id:
+        where("t.terminal_id = ? AND t.receipt_id = ?", terminal_id, receipt_id)
+    if account_id:
+        # Member and pool accounts are found through their history (indexed by account).
+        where(
+            "t.transfer_id IN (SELECT e.transfer_id FROM entries e WHERE e.account_id = ?::uuid)",
+            account_id if _is_uuid(account_id) else None,
+        )
+    if states:
+        where("t.state = ANY(?::smallint[])", list(states))
+    if before is not None:
+        where("(t.recorded_time, t.transfer_id) < (?, ?)", *before)
+    arguments.append(limit)
+    rows = await connection.fetch(
+        f"SELECT t.* FROM transfers t WHERE {' AND '.join(conditions)}"
+        f" ORDER BY t.recorded_time DESC, t.transfer_id DESC LIMIT ${len(arguments)}",
+        *arguments,
+    )
+    return [_record(row) for row in rows]
+
+
 async def load_records(connection: Connection, transfer_ids: Iterable[str], *, lock: bool) -> dict[str, TransferRecord]:
     ids = sorted(set(transfer_ids))
     if not ids:
@@ -574,11 +654,11 @@ WITH
 new_transfers AS (
     INSERT INTO transfers (transfer_id, body, request, state, rejection_code, debit_account_id, credit_account_id,
         amount, reason, operation_id, recorded_time, effective_time, posted_amount, pending_expiry_time,
-        resolved_by_transfer_id, resolved_time, reversed_amount, allocations, outcome)
+        resolved_by_transfer_id, resolved_time, reversed_amount, allocations, outcome, terminal_id, receipt_id)
     SELECT * FROM unnest($1::text[], $2::bytea[], $3::jsonb[], $4::smallint[], $5::smallint[], $6::text[],
         $7::text[], $8::bigint[], $9::smallint[], $10::text[], $11::timestamptz[], $12::timestamptz[],
         $13::bigint[], $14::timestamptz[], $15::text[], $16::timestamptz[], $17::bigint[], $18::jsonb[],
-        $19::jsonb[])
+        $19::jsonb[], $66::text[], $67::text[])
 ),
 changed_transfers AS (
     UPDATE transfers t SET state = u.state, posted_amount = u.posted_amount,
@@ -684,6 +764,8 @@ async def persist(connection: Connection, batch: Batch, *, stripe: int) -> None:
         *_columns(systems, 5),
         stripe,
         *_columns(entries, 16),
+        [r.request.reference.terminal_id for r in batch.created],
+        [r.request.reference.receipt_id for r in batch.created],
     )
 
 

@@ -301,3 +301,24 @@ async def close_master(pool: asyncpg.Pool, master_account_id: str, *, reason: st
         await store.set_master_state(
             connection, master_account_id, state=AccountState.CLOSED, freeze_mode=FreezeMode.NONE, reason=reason
         )
+
+
+async def update_kind(pool: asyncpg.Pool, kind: AccountKind) -> AccountKind:
+    async with pool.acquire() as connection, connection.transaction():
+        stored = await store.get_kind(connection, kind.program_id, kind.kind)
+        if stored is None:
+            raise DomainError(
+                Reason.RESOURCE_NOT_FOUND,
+                f"program {kind.program_id!r} has no account kind {kind.kind!r}",
+                metadata={"resourceType": "AccountKind", "resourceId": f"{kind.program_id}/{kind.kind}"},
+            )
+        if stored.unit != kind.unit:
+            raise DomainError(Reason.INVALID_ARGUMENT, "a kind's unit never changes")
+        updated = await store.update_kind(connection, kind)
+    assert updated is not None
+    return updated
+
+
+async def transfers(pool: asyncpg.Pool, **filters: Any) -> list[TransferRecord]:
+    async with pool.acquire() as connection:
+        return await store.find_transfers(connection, **filters)

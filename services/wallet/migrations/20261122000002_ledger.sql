@@ -118,6 +118,8 @@ CREATE TABLE transfers (
     amount                  bigint      NOT NULL CHECK (amount >= 0),
     reason                  smallint    NOT NULL,
     operation_id            text        NOT NULL DEFAULT '',
+    terminal_id             text        NOT NULL DEFAULT '',
+    receipt_id              text        NOT NULL DEFAULT '',
     recorded_time           timestamptz NOT NULL,
     effective_time          timestamptz NOT NULL,
     posted_amount           bigint      NOT NULL DEFAULT 0,
@@ -134,6 +136,7 @@ CREATE TABLE transfers (
 );
 CREATE INDEX transfers_open_holds ON transfers (pending_expiry_time) WHERE state = 1;
 CREATE INDEX transfers_by_operation ON transfers (operation_id) WHERE operation_id <> '';
+CREATE INDEX transfers_by_receipt ON transfers (terminal_id, receipt_id) WHERE receipt_id <> '';
 
 CREATE TABLE lots (
     lot_id          uuid        PRIMARY KEY,

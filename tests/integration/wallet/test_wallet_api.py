@@ -438,3 +438,39 @@ async def test_closing_requires_zero_or_forfeits_to_expiry_and_is_final(infra: I
             w.UnfreezeAccountRequest(account_id=member, actor=ACTOR, idempotency_key=key())
         )
     assert final.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_transfers_are_found_by_operation_receipt_and_account(program: Program) -> None:
+    member = await program.member(funded=100)
+    operation = str(uuid.uuid4())
+    reference = w.TransferReference(operation_id=operation, terminal_id="T-7", receipt_id=f"R-{operation[:8]}")
+    accrual, spend = program.accrual(member, 50), program.redemption_of(member, 20)
+    accrual.reference.CopyFrom(reference)
+    spend.reference.CopyFrom(reference)
+    await program.transfers(accrual, spend)
+    by_operation = await program.stub.ListTransfers(w.ListTransfersRequest(operation_id=operation))
+    by_receipt = await program.stub.ListTransfers(
+        w.ListTransfersRequest(terminal_id="T-7", receipt_id=reference.receipt_id, page_size=1)
+    )
+    by_account = await program.stub.ListTransfers(w.ListTransfersRequest(account_id=member))
+    assert {t.transfer.transfer_id for t in by_operation.transfers} == {accrual.transfer_id, spend.transfer_id}
+    assert len(by_receipt.transfers) == 1 and by_receipt.next_page_token
+    assert len(by_account.transfers) == 3  # the funding accrual too
+
+
+async def test_a_kind_policy_can_change_but_not_its_unit(program: Program) -> None:
+    (kind,) = (
+        await program.stub.ListAccountKinds(w.ListAccountKindsRequest(program_id=program.program_id))
+    ).account_kinds
+    kind.policy.overdraft_mode = w.OVERDRAFT_MODE_DEBT_ALLOWED
+    kind.policy.debt_limit_minor = 500
+    updated = await program.stub.UpdateAccountKind(
+        w.UpdateAccountKindRequest(account_kind=kind, actor=ACTOR, idempotency_key=key())
+    )
+    assert updated.account_kind.policy.debt_limit_minor == 500
+    kind.unit.scale = 0
+    with pytest.raises(aio.AioRpcError) as raised:
+        await program.stub.UpdateAccountKind(
+            w.UpdateAccountKindRequest(account_kind=kind, actor=ACTOR, idempotency_key=key())
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
