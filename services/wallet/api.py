@@ -62,6 +62,16 @@ def _account_cursor(token: str) -> tuple[datetime, str] | None:
         raise invalid_argument([FieldViolation("page_token", "not a token from this list")]) from None
 
 
+def _entry_cursor(token: str) -> tuple[datetime, str, int] | None:
+    if not token:
+        return None
+    try:
+        time_text, account_id, sequence = token.split("|")
+        return datetime.fromisoformat(time_text), account_id, int(sequence)
+    except ValueError:
+        raise invalid_argument([FieldViolation("page_token", "not a token from this list")]) from None
+
+
 def _page_size(requested: int) -> int:
     if requested < 0:
         raise invalid_argument([FieldViolation("page_size", "must not be negative")])
@@ -616,8 +626,26 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         if missing is not None:
             raise DomainError(Reason.ACCOUNT_NOT_FOUND, f"no account {missing!r}", metadata={"accountId": missing})
         response = wallet_pb2.GetBalancesResponse(balances=[mapping.balance_view(v.account, v.balance) for v in views])
+        if request.include_pools:
+            await self._add_pools(request, response)
         mapping.set_time(response.read_time, now)
         return response
+
+    async def _add_pools(
+        self, request: wallet_pb2.GetBalancesRequest, response: wallet_pb2.GetBalancesResponse
+    ) -> None:
+        if request.master_account_id:
+            owner = await usecases.master_owner(self.pool, request.master_account_id)
+        elif request.program_id:
+            owner = (request.program_id, request.member_id)
+        else:
+            raise invalid_argument([FieldViolation("include_pools", "needs master_account_id or program_id+member_id")])
+        if owner is None:
+            return
+        for view, spendable in await usecases.member_pools(self.pool, program_id=owner[0], member_id=owner[1]):
+            pool_view = mapping.balance_view(view.account, view.balance)
+            pool_view.member_spendable_minor = spendable
+            response.balances.append(pool_view)
 
     async def _named_accounts(self, request: wallet_pb2.GetBalancesRequest) -> list[str]:
         ways = sum((bool(request.account_ids), bool(request.master_account_id), bool(request.program_id)))
@@ -646,19 +674,40 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def ListEntries(
         self, request: wallet_pb2.ListEntriesRequest, context: aio.ServicerContext
     ) -> wallet_pb2.ListEntriesResponse:
-        if not request.account_id or request.master_account_id:
-            raise invalid_argument([FieldViolation("account_id", "required (master_account_id is not supported yet)")])
+        if bool(request.account_id) == bool(request.master_account_id):
+            raise invalid_argument([FieldViolation("account_id", "set exactly one of account_id, master_account_id")])
         size = _page_size(request.page_size)
-        views, _ = await usecases.read_accounts(self.pool, [request.account_id])
-        if not views:
-            raise DomainError(Reason.ACCOUNT_NOT_FOUND, f"no account {request.account_id!r}")
-        cursor = int(request.page_token) if request.page_token.isdigit() else None
-        rows = await usecases.entries(
-            self.pool, request.account_id, after_sequence=cursor, oldest_first=request.oldest_first, limit=size + 1
+        ids = (
+            [request.account_id]
+            if request.account_id
+            else await usecases.master_account_ids(self.pool, request.master_account_id)
         )
-        account = views[0].account
-        entries = [mapping.entry_message(row, account.unit, account.kind) for row in rows[:size]]
-        token = str(rows[size - 1]["sequence"]) if len(rows) > size else ""
+        views, _ = await usecases.read_accounts(self.pool, ids)
+        if not views:
+            raise DomainError(
+                Reason.ACCOUNT_NOT_FOUND, f"no account {request.account_id or request.master_account_id!r}"
+            )
+        time_range = request.recorded_time_range
+        rows = await usecases.entries(
+            self.pool,
+            [v.account.account_id for v in views],
+            recorded_from=mapping.optional_time(time_range, "start_time"),
+            recorded_to=mapping.optional_time(time_range, "end_time"),
+            reasons=list(request.reasons),
+            operation_id=request.operation_id,
+            after=_entry_cursor(request.page_token),
+            oldest_first=request.oldest_first,
+            limit=size + 1,
+        )
+        accounts = {v.account.account_id: v.account for v in views}
+        entries = [
+            mapping.entry_message(row, accounts[str(row["account_id"])].unit, accounts[str(row["account_id"])].kind)
+            for row in rows[:size]
+        ]
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = f"{last['recorded_time'].isoformat()}|{last['account_id']}|{last['sequence']}"
         return wallet_pb2.ListEntriesResponse(entries=entries, next_page_token=token)
 
     async def ListLots(

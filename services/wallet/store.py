@@ -868,21 +868,52 @@ async def expiry_account_id(connection: Connection, account: Account) -> str | N
 
 
 async def list_entries(
-    connection: Connection, account_id: str, *, after_sequence: int | None, oldest_first: bool, limit: int
+    connection: Connection,
+    account_ids: Sequence[str],
+    *,
+    recorded_from: datetime | None,
+    recorded_to: datetime | None,
+    reasons: Sequence[int],
+    operation_id: str,
+    after: tuple[datetime, str, int] | None,
+    oldest_first: bool,
+    limit: int,
 ) -> list[Any]:
-    if not _is_uuid(account_id):
+    """History rows (with their transfer's request) of one or several accounts, in recorded
+    order (ties by account and sequence), after the keyset cursor `after`."""
+    ids = [i for i in account_ids if _is_uuid(i)]
+    if not ids:
         return []
+    conditions = ["e.account_id = ANY($1::uuid[])"]
+    arguments: list[Any] = [ids]
+
+    def where(condition: str, *values: Any) -> None:
+        for value in values:
+            arguments.append(value)
+            condition = condition.replace("?", f"${len(arguments)}", 1)
+        conditions.append(condition)
+
+    if recorded_from is not None:
+        where("e.recorded_time >= ?", recorded_from)
+    if recorded_to is not None:
+        where("e.recorded_time < ?", recorded_to)
+    if reasons:
+        where("t.reason = ANY(?::smallint[])", list(reasons))
+    if operation_id:
+        where("t.operation_id = ?", operation_id)
+    if after is not None:
+        comparison = ">" if oldest_first else "<"
+        where(f"(e.recorded_time, e.account_id::text, e.sequence) {comparison} (?, ?, ?)", *after)
     direction = "ASC" if oldest_first else "DESC"
-    comparison = ">" if oldest_first else "<"
-    cursor = "" if after_sequence is None else f"AND e.sequence {comparison} $3"
+    arguments.append(limit)
     rows = await connection.fetch(
         f"""
         SELECT e.*, t.request FROM entries e JOIN transfers t ON t.transfer_id = e.transfer_id
-        WHERE e.account_id = $1 {cursor} ORDER BY e.sequence {direction} LIMIT $2
+        WHERE {" AND ".join(conditions)}
+        ORDER BY e.recorded_time {direction}, e.account_id::text {direction}, e.sequence {direction}
+        LIMIT ${len(arguments)}
         """,
-        account_id,
-        limit,
-        *([after_sequence] if after_sequence is not None else []),
+        *arguments,
     )
     return list(rows)
 
@@ -1227,6 +1258,18 @@ async def load_pools(connection: Connection, accounts: dict[str, Account], now: 
     for account in accounts.values():
         if account.pool_id in pools:
             account.pool = pools[account.pool_id]
+
+
+async def member_pool_accounts(connection: Connection, *, program_id: str, member_id: str) -> list[str]:
+    rows = await connection.fetch(
+        """
+        SELECT p.account_id FROM pools p JOIN pool_members m ON m.pool_id = p.pool_id
+        WHERE m.member_id = $1 AND p.program_id = $2 AND p.state = 1 ORDER BY p.create_time
+        """,
+        member_id,
+        program_id,
+    )
+    return [str(row["account_id"]) for row in rows]
 
 
 async def persist_pool_spending(connection: Connection, accounts: Iterable[Account]) -> None:

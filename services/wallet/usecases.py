@@ -142,13 +142,9 @@ async def lookup(pool: asyncpg.Pool, transfer_ids: Sequence[str]) -> dict[str, T
         return await store.load_records(connection, transfer_ids, lock=False)
 
 
-async def entries(
-    pool: asyncpg.Pool, account_id: str, *, after_sequence: int | None, oldest_first: bool, limit: int
-) -> list[Any]:
+async def entries(pool: asyncpg.Pool, account_ids: Sequence[str], **filters: Any) -> list[Any]:
     async with pool.acquire() as connection:
-        return await store.list_entries(
-            connection, account_id, after_sequence=after_sequence, oldest_first=oldest_first, limit=limit
-        )
+        return await store.list_entries(connection, account_ids, **filters)
 
 
 async def lots(
@@ -322,3 +318,27 @@ async def update_kind(pool: asyncpg.Pool, kind: AccountKind) -> AccountKind:
 async def transfers(pool: asyncpg.Pool, **filters: Any) -> list[TransferRecord]:
     async with pool.acquire() as connection:
         return await store.find_transfers(connection, **filters)
+
+
+async def member_pools(pool: asyncpg.Pool, *, program_id: str, member_id: str) -> list[tuple[AccountView, int]]:
+    """The pools the member belongs to, each with what the member may spend from it now."""
+    async with pool.acquire() as connection:
+        ids = await store.member_pool_accounts(connection, program_id=program_id, member_id=member_id)
+        now = await store.database_now(connection)
+        accounts = await store.load_accounts(connection, ids, lock=False)
+        await store.load_pools(connection, accounts, now)
+    result = []
+    for account_id in ids:
+        account = accounts[account_id]
+        balance = balance_of(account, now)
+        allowance = account.pool.allowance(member_id, now) if account.pool is not None else -1
+        spendable = balance.available if allowance is None else min(balance.available, max(0, allowance))
+        result.append((AccountView(account, balance), max(0, spendable)))
+    return result
+
+
+async def master_owner(pool: asyncpg.Pool, master_account_id: str) -> tuple[str, str] | None:
+    """(program_id, member_id) of a master account."""
+    async with pool.acquire() as connection:
+        row = await store.master_account(connection, master_account_id)
+    return (row["program_id"], row["member_id"]) if row is not None else None

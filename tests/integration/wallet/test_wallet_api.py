@@ -474,3 +474,32 @@ async def test_a_kind_policy_can_change_but_not_its_unit(program: Program) -> No
             w.UpdateAccountKindRequest(account_kind=kind, actor=ACTOR, idempotency_key=key())
         )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_history_of_a_master_account_filters_and_pages(program: Program) -> None:
+    response = await program.stub.OpenMemberAccounts(
+        w.OpenMemberAccountsRequest(
+            program_id=program.program_id, member_id="historian", actor=ACTOR, idempotency_key=key()
+        )
+    )
+    master = response.master_account.master_account_id
+    member = response.master_account.accounts[0].account_id
+    operation = str(uuid.uuid4())
+    spend = program.redemption_of(member, 5)
+    spend.reference.operation_id = operation
+    await program.transfers(program.accrual(member, 100), program.accrual(member, 10), spend)
+    everything = await program.stub.ListEntries(w.ListEntriesRequest(master_account_id=master, page_size=2))
+    assert len(everything.entries) == 2 and everything.next_page_token
+    rest = await program.stub.ListEntries(
+        w.ListEntriesRequest(master_account_id=master, page_size=2, page_token=everything.next_page_token)
+    )
+    assert [e.sequence for e in [*everything.entries, *rest.entries]] == [3, 2, 1]
+    spending = await program.stub.ListEntries(
+        w.ListEntriesRequest(account_id=member, reasons=[w.TRANSFER_REASON_REDEMPTION])
+    )
+    by_operation = await program.stub.ListEntries(w.ListEntriesRequest(account_id=member, operation_id=operation))
+    assert (
+        [e.transfer_id for e in spending.entries]
+        == [e.transfer_id for e in by_operation.entries]
+        == [spend.transfer_id]
+    )

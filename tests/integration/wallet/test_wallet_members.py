@@ -149,6 +149,12 @@ async def test_a_pool_limits_each_members_spending_and_holds_count_as_spent(shar
     child_usage = next(m for m in state.pool.members if m.member_id == "child")
     assert (child_usage.spent_in_period_minor, child_usage.remaining_in_period_minor) == (40, 60)
     assert state.pool.balance.available.amount_minor == 600 - 40 - 400
+    balances = await sharing.stub.GetBalances(
+        w.GetBalancesRequest(program_id=sharing.program_id, member_id="child", include_pools=True)
+    )
+    own, shared = balances.balances
+    assert (own.balance.account_id, shared.pool_id) == (child, pool.pool_id)
+    assert shared.member_spendable_minor == 60  # the rest of today's limit (the pool has 160)
 
     # Closing returns what is left to the owner.
     closed = await sharing.stub.ClosePool(w.ClosePoolRequest(pool_id=pool.pool_id, actor=ACTOR, idempotency_key=key()))
