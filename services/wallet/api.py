@@ -302,7 +302,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             master_account_id=master_id,
             program_id=program_id,
             member_id=member_id,
-            state=wallet_pb2.ACCOUNT_STATE_ACTIVE,
+            # The master's state is mirrored onto every sub-account (see the ledger migration).
+            state=int(views[0].account.master_state) if views else wallet_pb2.ACCOUNT_STATE_ACTIVE,  # type: ignore[arg-type]
             accounts=[mapping.account_message(v.account, v.balance) for v in views],
         )
 
@@ -388,7 +389,6 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 response.master_account.CopyFrom(
                     self._master_message(request.master_account_id, first.program_id, first.member_id, views)
                 )
-                response.master_account.state = wallet_pb2.ACCOUNT_STATE_CLOSED
             else:
                 response.account.CopyFrom(mapping.account_message(views[0].account, views[0].balance))
             return response

@@ -238,7 +238,7 @@ def account_message(account: Account, balance: Balance) -> wallet_pb2.Account:
         partner_id=account.partner_id,
         pool_id=account.pool_id,
         unit=unit_message(account.unit),
-        state=int(account.state),  # type: ignore[arg-type]
+        state=int(account.own_state),  # type: ignore[arg-type]
         effective_state=int(account.state),  # type: ignore[arg-type]
         freeze_mode=int(account.freeze_mode),  # type: ignore[arg-type]
         primary=account.primary,

@@ -480,6 +480,8 @@ def _account(row: Any) -> Account:
         partner_id=row["partner_id"],
         pool_id=str(row["pool_id"] or ""),
         primary=row["is_primary"],
+        own_state=own_state,
+        master_state=master_state,
         external_ref=row["external_ref"] or "",
         display_name=row["display_name"],
         policy=_policy(row) if account_type is not AccountType.SYSTEM else None,

@@ -256,6 +256,10 @@ class Account:
     partner_id: str = ""
     pool_id: str = ""
     primary: bool = False
+    # The account's own state; `state` above is the effective one (the stricter of its own and
+    # its master account's), which is what transfers see.
+    own_state: AccountState = AccountState.ACTIVE
+    master_state: AccountState = AccountState.ACTIVE
     external_ref: str = ""
     display_name: str = ""
     policy: Policy | None = None
