@@ -620,6 +620,14 @@ async def load_batch(connection: Connection, requests: Sequence[TransferRequest]
     named |= {r.pending_transfer_id for r in requests if r.pending_transfer_id}
     named |= {r.reverses_transfer_id for r in requests if r.reverses_transfer_id}
     records = await load_records(connection, named, lock=True)
+    # A reversal of a posted hold is checked against the hold it posted: load that one too.
+    holds_of_reversed_posts = {
+        record.request.pending_transfer_id
+        for transfer_id in {r.reverses_transfer_id for r in requests if r.reverses_transfer_id}
+        if (record := records.get(transfer_id)) is not None and record.request.flags.post_pending
+    } - set(records)
+    if holds_of_reversed_posts:
+        records |= await load_records(connection, holds_of_reversed_posts, lock=True)
     account_ids = {r.debit_account_id for r in requests} | {r.credit_account_id for r in requests}
     for record in records.values():
         account_ids |= {record.request.debit_account_id, record.request.credit_account_id}

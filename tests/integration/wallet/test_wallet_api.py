@@ -503,3 +503,29 @@ async def test_history_of_a_master_account_filters_and_pages(program: Program) -
         == [e.transfer_id for e in by_operation.entries]
         == [spend.transfer_id]
     )
+
+
+async def test_a_captured_redemption_can_be_refunded_in_parts_never_beyond_it(program: Program) -> None:
+    member = await program.member(funded=1000)
+    hold, post = str(uuid.uuid4()), str(uuid.uuid4())
+    await program.transfers(
+        program.redemption_of(member, 400, hold, timeout_s=60, flags=w.TransferFlags(pending=True)),
+        w.Transfer(
+            transfer_id=post, pending_transfer_id=hold, amount_minor=300, flags=w.TransferFlags(post_pending=True)
+        ),
+    )
+
+    def refund(amount: int) -> w.Transfer:
+        return w.Transfer(
+            transfer_id=str(uuid.uuid4()),
+            debit_account_id=program.redemption,
+            credit_account_id=member,
+            amount_minor=amount,
+            reverses_transfer_id=post,
+            reason=w.TRANSFER_REASON_REDEMPTION_REVERSAL,
+        )
+
+    first, second, too_much = await program.transfers(refund(100), refund(150), refund(51))
+    assert (first.code, second.code) == (CREATED, CREATED)
+    assert too_much.code == w.TRANSFER_RESULT_CODE_REVERSAL_EXCEEDS_ORIGINAL
+    assert await program.available(member) == 1000 - 300 + 250
