@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import grpc
 import pytest
@@ -122,7 +123,7 @@ async def test_a_pool_limits_each_members_spending_and_holds_count_as_spent(shar
     (contributed,) = await sharing.transfers(contribution)
     assert contributed.code == CREATED
 
-    def spend(member: str, amount: int, **extra: object) -> w.Transfer:
+    def spend(member: str, amount: int, **extra: Any) -> w.Transfer:
         return sharing.redemption_of(pool.account_id, amount, on_behalf_of_member_id=member, **extra)
 
     hold = str(uuid.uuid4())
