@@ -14,7 +14,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
+import asyncpg
 import grpc
+import redis.exceptions
 from grpc import aio
 from grpc_status import rpc_status
 
@@ -22,6 +24,17 @@ from shared.errors import DomainError, Reason, to_status
 from shared.metrics import MethodSeries, resolve_series, rpc_type, split_method
 
 log = logging.getLogger(__name__)
+
+# Failures to reach PostgreSQL or Redis (connection refused or lost, pool timeouts).
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 # grpc.RpcMethodHandler; grpc is untyped here (see pyproject's mypy section).
 Handler: TypeAlias = Any
@@ -78,6 +91,14 @@ class _Edge:
     async def _fail(self, error: BaseException, context: aio.ServicerContext) -> None:
         if isinstance(error, DomainError):
             await context.abort_with_status(rpc_status.to_status(to_status(error, domain=self.domain)))
+        if isinstance(error, DEPENDENCY_ERRORS):
+            # The database or Redis is unreachable: the request may or may not have taken effect,
+            # and a retry with the same key is safe. Never INTERNAL: nothing is wrong with the code.
+            log.warning("dependency unavailable in %s: %s: %s", self.full_method, type(error).__name__, error)
+            unavailable = DomainError(
+                Reason.DEPENDENCY_UNAVAILABLE, "a dependency is unavailable; retry with the same key"
+            )
+            await context.abort_with_status(rpc_status.to_status(to_status(unavailable, domain=self.domain)))
         log.exception("unexpected error in %s", self.full_method, exc_info=error)
         internal = DomainError(Reason.INTERNAL, "internal error; the request may be retried with the same key")
         await context.abort_with_status(rpc_status.to_status(to_status(internal, domain=self.domain)))

@@ -14,6 +14,7 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loyalty.diagnostics.v1 import diagnostics_pb2, diagnostics_pb2_grpc
+from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from shared.config import with_database
 from shared.db import migrate
@@ -53,6 +54,13 @@ def test_health_follows_postgresql_going_away_and_coming_back(infra: Infra, own_
         own_postgres.stop(mode="immediate")
         process.wait_health("NOT_SERVING")
         assert process.health_status("loyalty.wallet.v1.WalletService") == "NOT_SERVING"
+        # A call that needs the database says so: UNAVAILABLE, retryable, never INTERNAL.
+        with grpc.insecure_channel(process.grpc_address) as channel, pytest.raises(grpc.RpcError) as raised:
+            wallet_pb2_grpc.WalletServiceStub(channel).GetBalances(
+                wallet_pb2.GetBalancesRequest(account_ids=["00000000-0000-0000-0000-000000000001"]), timeout=10
+            )
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert "DEPENDENCY_UNAVAILABLE" in str(raised.value.trailing_metadata())  # type: ignore[attr-defined]
         own_postgres.start()
         process.wait_health("SERVING")
     finally:
