@@ -487,6 +487,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=64, help="single-transfer requests in flight (and Echo)")
     parser.add_argument("--batch-in-flight", type=int, default=8, help="batch requests in flight")
     parser.add_argument("--batch-size", type=int, default=100, help="transfers per batch request")
+    parser.add_argument("--writers", type=int, default=4, help="the wallet's LOYALTY_WALLET_WRITERS")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--accounts", help=argparse.SUPPRESS)
@@ -520,7 +521,8 @@ def main() -> int:
         try:
             infra = Infra(database_server_url=postgres.url, redis_url=redis.url)
             infra.migrate("wallet")
-            service = ServiceProcess("wallet", infra.service_env("wallet")).start()
+            env = infra.service_env("wallet", LOYALTY_WALLET_WRITERS=str(args.writers))
+            service = ServiceProcess("wallet", env).start()
             try:
                 assert service.process is not None
                 print(

@@ -73,9 +73,13 @@ def migrate(*, service: str, database_url: str, timeout_s: float = 120.0) -> Non
         raise MigrationError(f"migrating {service} failed:\n{result.stdout}{result.stderr}")
 
 
-async def _skip_reset(_connection: asyncpg.Connection) -> None:
-    """Our code keeps no session state (no LISTEN, advisory locks, cursors or SET), so the
-    default per-release RESET ALL round trip would be pure overhead on the hot path."""
+async def _reset(connection: asyncpg.Connection) -> None:
+    """Run when a connection goes back to the pool. Our code keeps no session state (no LISTEN,
+    advisory locks, cursors or session SET), so asyncpg's default RESET ALL round trip would be
+    pure overhead on the hot path; but a transaction left open (a cancelled call) is rolled back,
+    so the next user never inherits it."""
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
 
 
 async def create_pool(config: ServiceConfig) -> asyncpg.Pool:
@@ -85,7 +89,7 @@ async def create_pool(config: ServiceConfig) -> asyncpg.Pool:
         max_size=config.db_pool_size_max,
         command_timeout=config.db_command_timeout_s,
         timeout=config.dependency_timeout_s * 5,
-        reset=_skip_reset,
+        reset=_reset,
         server_settings={"application_name": f"loyalty-{config.service}"},
     )
     if pool is None:  # asyncpg's typing allows it; it never happens when awaited
