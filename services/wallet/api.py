@@ -7,6 +7,7 @@ statuses by the shared edge). RPCs not built yet answer UNIMPLEMENTED naming iss
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -482,69 +483,66 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         self, request: wallet_pb2.AddPoolMemberRequest, context: aio.ServicerContext
     ) -> wallet_pb2.AddPoolMemberResponse:
         period = self._limit(request)
-
-        async def work() -> wallet_pb2.AddPoolMemberResponse:
-            await members.add_member(
-                self.pool,
-                pool_id=request.pool_id,
-                member_id=request.member_id,
-                period=period,
-                limit_minor=request.spending_limit.amount_minor,
-                actor=members.Actor(request.actor.type, request.actor.id),
-            )
-            return wallet_pb2.AddPoolMemberResponse(pool=await self._pool_message(request.pool_id))
-
-        return await self._once("AddPoolMember", request, wallet_pb2.AddPoolMemberResponse, work)
+        change = functools.partial(
+            members.add_member,
+            member_id=request.member_id,
+            period=period,
+            limit_minor=request.spending_limit.amount_minor,
+        )
+        response: wallet_pb2.AddPoolMemberResponse = await self._change_pool(
+            "AddPoolMember", request, wallet_pb2.AddPoolMemberResponse, change
+        )
+        return response
 
     async def UpdatePoolMember(
         self, request: wallet_pb2.UpdatePoolMemberRequest, context: aio.ServicerContext
     ) -> wallet_pb2.UpdatePoolMemberResponse:
         period = self._limit(request)
-
-        async def work() -> wallet_pb2.UpdatePoolMemberResponse:
-            await members.update_member(
-                self.pool,
-                pool_id=request.pool_id,
-                member_id=request.member_id,
-                period=period,
-                limit_minor=request.spending_limit.amount_minor,
-                actor=members.Actor(request.actor.type, request.actor.id),
-            )
-            return wallet_pb2.UpdatePoolMemberResponse(pool=await self._pool_message(request.pool_id))
-
-        return await self._once("UpdatePoolMember", request, wallet_pb2.UpdatePoolMemberResponse, work)
+        change = functools.partial(
+            members.update_member,
+            member_id=request.member_id,
+            period=period,
+            limit_minor=request.spending_limit.amount_minor,
+        )
+        response: wallet_pb2.UpdatePoolMemberResponse = await self._change_pool(
+            "UpdatePoolMember", request, wallet_pb2.UpdatePoolMemberResponse, change
+        )
+        return response
 
     async def RemovePoolMember(
         self, request: wallet_pb2.RemovePoolMemberRequest, context: aio.ServicerContext
     ) -> wallet_pb2.RemovePoolMemberResponse:
         _raise_if(_require_key_and_actor(request))
-
-        async def work() -> wallet_pb2.RemovePoolMemberResponse:
-            await members.remove_member(
-                self.pool,
-                pool_id=request.pool_id,
-                member_id=request.member_id,
-                actor=members.Actor(request.actor.type, request.actor.id),
-            )
-            return wallet_pb2.RemovePoolMemberResponse(pool=await self._pool_message(request.pool_id))
-
-        return await self._once("RemovePoolMember", request, wallet_pb2.RemovePoolMemberResponse, work)
+        change = functools.partial(members.remove_member, member_id=request.member_id)
+        response: wallet_pb2.RemovePoolMemberResponse = await self._change_pool(
+            "RemovePoolMember", request, wallet_pb2.RemovePoolMemberResponse, change
+        )
+        return response
 
     async def ClosePool(
         self, request: wallet_pb2.ClosePoolRequest, context: aio.ServicerContext
     ) -> wallet_pb2.ClosePoolResponse:
         _raise_if(_require_key_and_actor(request))
 
-        async def work() -> wallet_pb2.ClosePoolResponse:
-            await members.close_pool(
-                self.pool,
-                self.writer,
-                pool_id=request.pool_id,
-                actor=members.Actor(request.actor.type, request.actor.id),
-            )
-            return wallet_pb2.ClosePoolResponse(pool=await self._pool_message(request.pool_id))
+        async def close(pool: Any, *, pool_id: str, actor: members.Actor) -> None:
+            await members.close_pool(pool, self.writer, pool_id=pool_id, actor=actor)
 
-        return await self._once("ClosePool", request, wallet_pb2.ClosePoolResponse, work)
+        response: wallet_pb2.ClosePoolResponse = await self._change_pool(
+            "ClosePool", request, wallet_pb2.ClosePoolResponse, close
+        )
+        return response
+
+    async def _change_pool(
+        self, method: str, request: Any, response_type: type[ResponseT], change: Callable[..., Awaitable[None]]
+    ) -> ResponseT:
+        """Apply `change(pool, pool_id=, actor=)` once per idempotency key; answer with the pool."""
+
+        async def work() -> ResponseT:
+            actor = members.Actor(request.actor.type, request.actor.id)
+            await change(self.pool, pool_id=request.pool_id, actor=actor)
+            return response_type(pool=await self._pool_message(request.pool_id))
+
+        return await self._once(method, request, response_type, work)
 
     @staticmethod
     def _limit(request: Any) -> Period:
