@@ -26,7 +26,7 @@ SERVICES_ROOT = Path(__file__).resolve().parent.parent / "services"
 
 
 class MigrationError(Exception):
-    pass
+    """dbmate could not bring a database up to date; the message carries its output."""
 
 
 def migrations_dir(service: str) -> Path:
