@@ -9,8 +9,9 @@ from google.protobuf import descriptor_pool
 from google.rpc import error_details_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from grpc_status import rpc_status
+from loyalty.cards.v1 import cards_pb2, cards_pb2_grpc
 from loyalty.diagnostics.v1 import diagnostics_pb2, diagnostics_pb2_grpc
-from loyalty.wallet.v1 import wallet_pb2_grpc
+from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from shared.config import SERVICES
 from tests.harness import ServiceProcess, metric_value
@@ -74,22 +75,24 @@ def details_of(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, list[
 
 
 def test_placeholder_rpcs_answer_unimplemented_visibly(running_services: dict[str, ServiceProcess]) -> None:
-    with grpc.insecure_channel(running_services["wallet"].grpc_address) as channel:
-        stub = wallet_pb2_grpc.WalletServiceStub(channel)
+    with grpc.insecure_channel(running_services["cards"].grpc_address) as channel:
+        stub = cards_pb2_grpc.CardsServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
-            stub.GetBalances(stub_request("GetBalances"), timeout=5)
+            stub.Resolve(cards_pb2.ResolveRequest(), timeout=5)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
     info, _ = details_of(raised.value)
     assert info.reason == "NOT_IMPLEMENTED"
-    assert info.domain == "loyalty.wallet.v1"
-    assert info.metadata["method"] == "loyalty.wallet.v1.WalletService/GetBalances"
-    assert info.metadata["plannedIn"] == "issue #3"
+    assert info.domain == "loyalty.cards.v1"
+    assert info.metadata["method"] == "loyalty.cards.v1.CardsService/Resolve"
+    assert info.metadata["plannedIn"] == "issue #4"
 
 
-def stub_request(method: str) -> object:
-    from loyalty.wallet.v1 import wallet_pb2
-
-    return getattr(wallet_pb2, f"{method}Request")()
+def test_a_server_streaming_placeholder_answers_unimplemented_too(running_services: dict[str, ServiceProcess]) -> None:
+    with grpc.insecure_channel(running_services["cards"].grpc_address) as channel:
+        stream = cards_pb2_grpc.CardsServiceStub(channel).ExportCardBatch(cards_pb2.ExportCardBatchRequest(), timeout=5)
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stream)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
 
 
 def test_bad_input_gets_invalid_argument_with_field_violations(running_services: dict[str, ServiceProcess]) -> None:
@@ -142,10 +145,10 @@ def test_a_call_increments_exactly_its_own_series(running_services: dict[str, Se
 
 def test_aborts_are_counted_with_go_code_names(running_services: dict[str, ServiceProcess]) -> None:
     process = running_services["wallet"]
-    before = handled(process, "GetBalances", "Unimplemented", "loyalty.wallet.v1.WalletService")
+    before = handled(process, "GetBalances", "InvalidArgument", "loyalty.wallet.v1.WalletService")
     with grpc.insecure_channel(process.grpc_address) as channel, pytest.raises(grpc.RpcError):
-        wallet_pb2_grpc.WalletServiceStub(channel).GetBalances(stub_request("GetBalances"), timeout=5)
-    assert handled(process, "GetBalances", "Unimplemented", "loyalty.wallet.v1.WalletService") == before + 1
+        wallet_pb2_grpc.WalletServiceStub(channel).GetBalances(wallet_pb2.GetBalancesRequest(), timeout=5)
+    assert handled(process, "GetBalances", "InvalidArgument", "loyalty.wallet.v1.WalletService") == before + 1
 
 
 def test_every_method_is_preinitialised_for_every_code(running_services: dict[str, ServiceProcess]) -> None:

@@ -29,7 +29,8 @@ from services.wallet.domain.model import (
     Unit,
 )
 from services.wallet.writer import TransferWriter
-from shared.db import Connection
+from shared.config import with_database
+from shared.db import Connection, migrate
 from tests.harness import Infra
 
 DAY = timedelta(days=1)
@@ -47,7 +48,11 @@ class Clock:
 
 @pytest.fixture
 async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(infra.database_url("wallet"), min_size=1, max_size=4)
+    # A database of its own: the wallet processes other tests run have background workers on
+    # the real clock, to which this test's moved-in-time holds and lots look long expired.
+    database_url = with_database(infra.database_server_url, f"loyalty_test_wallet_clock_{uuid.uuid4().hex[:8]}")
+    migrate(service="wallet", database_url=database_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     assert pool is not None
     yield pool
     await pool.close()
