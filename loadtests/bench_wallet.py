@@ -487,7 +487,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=64, help="single-transfer requests in flight (and Echo)")
     parser.add_argument("--batch-in-flight", type=int, default=8, help="batch requests in flight")
     parser.add_argument("--batch-size", type=int, default=100, help="transfers per batch request")
-    parser.add_argument("--writers", type=int, default=4, help="the wallet's LOYALTY_WALLET_WRITERS")
+    parser.add_argument(
+        "--writers", type=int, default=2, help="the wallet's LOYALTY_WALLET_WRITERS (default: the service's, 2)"
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--accounts", help=argparse.SUPPRESS)

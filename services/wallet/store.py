@@ -441,33 +441,16 @@ def _is_uuid(value: str) -> bool:
 async def load_accounts(
     connection: Connection, account_ids: Iterable[str], *, lock: bool, with_lots: bool = True
 ) -> dict[str, Account]:
-    """The accounts (with their remaining lots); when `lock`, member and pool rows are locked
-    FOR UPDATE in id order.
-
-    SYSTEM rows are read without a lock: they hold no balance (their stripes do), and locking
-    them, even FOR SHARE, rewrote the hot issuance row in every transaction (MultiXacts) and
-    serialised the writers. The price: freezing or closing a SYSTEM account applies to batches
-    that start after it commits; a batch already in flight may still complete. Lots are read by a
-    second statement, after the locks: under READ COMMITTED a statement sees the snapshot it
-    started with, which may predate the lock it waited for."""
+    """The accounts (with their remaining lots), locked in id order when `lock`."""
     ids = sorted({i for i in account_ids if _is_uuid(i)})
     if not ids:
         return {}
-    if lock:
-        query = f"""
-            WITH members AS (
-                SELECT * FROM accounts WHERE account_id = ANY($1::uuid[]) AND type <> 3 ORDER BY account_id FOR UPDATE
-            )
-            SELECT {_ACCOUNT_COLUMNS}
-            FROM (
-                SELECT * FROM members
-                UNION ALL SELECT * FROM accounts WHERE account_id = ANY($1::uuid[]) AND type = 3
-            ) a
-            LEFT JOIN account_kinds k ON k.program_id = a.program_id AND k.kind = a.kind
-        """
-    else:
-        query = f"SELECT {_ACCOUNT_COLUMNS} {_ACCOUNT_FROM} WHERE a.account_id = ANY($1::uuid[])"
-    rows = await connection.fetch(query, ids)
+    # FOR UPDATE OF a: only the account rows are locked, never the master account or the kind.
+    rows = await connection.fetch(
+        f"SELECT {_ACCOUNT_COLUMNS} {_ACCOUNT_FROM} WHERE a.account_id = ANY($1::uuid[]) ORDER BY a.account_id"
+        + (" FOR UPDATE OF a" if lock else ""),
+        ids,
+    )
     accounts = {str(row["account_id"]): _account(row) for row in rows}
     member_ids = [i for i, a in accounts.items() if a.has_lots]
     if with_lots and member_ids:
@@ -631,33 +614,12 @@ async def load_records(connection: Connection, transfer_ids: Iterable[str], *, l
     return {row["transfer_id"]: _record(row) for row in rows}
 
 
-async def lock_records_and_read_clock(
-    connection: Connection, transfer_ids: Iterable[str]
-) -> tuple[datetime, dict[str, TransferRecord]]:
-    """The ledger's clock and the named records (locked), in one round trip."""
-    rows = await connection.fetch(
-        """
-        SELECT clock_timestamp() AS ledger_now, t.*
-        FROM (VALUES (1)) AS one
-        LEFT JOIN LATERAL (
-            SELECT * FROM transfers WHERE transfer_id = ANY($1::text[]) ORDER BY transfer_id FOR UPDATE
-        ) t ON true
-        """,
-        sorted(set(transfer_ids)),
-    )
-    now: datetime = rows[0]["ledger_now"]
-    return now, {row["transfer_id"]: _record(row) for row in rows if row["transfer_id"] is not None}
-
-
-async def load_batch(connection: Connection, requests: Sequence[TransferRequest], clock: Any = None) -> Batch:
-    """Everything `requests` may touch, locked in the global lock order, at the ledger's clock
-    (or at `clock(connection)`, for tests that move time)."""
+async def load_batch(connection: Connection, requests: Sequence[TransferRequest], now: datetime) -> Batch:
+    """Everything `requests` may touch, locked in the global lock order."""
     named = {r.transfer_id for r in requests}
     named |= {r.pending_transfer_id for r in requests if r.pending_transfer_id}
     named |= {r.reverses_transfer_id for r in requests if r.reverses_transfer_id}
-    now, records = await lock_records_and_read_clock(connection, named)
-    if clock is not None:
-        now = await clock(connection)
+    records = await load_records(connection, named, lock=True)
     # A reversal of a posted hold is checked against the hold it posted: load that one too.
     holds_of_reversed_posts = {
         record.request.pending_transfer_id

@@ -49,7 +49,7 @@ class TransferWriter:
         *,
         writers: int,
         transfers_per_transaction_max: int,
-        clock: Clock | None = None,
+        clock: Clock = store.database_now,
     ) -> None:
         # The ledger's clock is the database's, so every wallet process agrees on it; tests
         # pass their own to move time forward.
@@ -105,20 +105,15 @@ class TransferWriter:
         requests = [request for call in calls for request in call.requests]
         for attempt in range(1, ATTEMPTS_MAX + 1):
             try:
-                async with self.pool.acquire() as connection:
-                    return await self._in_transaction(connection, calls, requests)
+                async with self.pool.acquire() as connection, connection.transaction():
+                    now = await self.clock(connection)
+                    batch = await store.load_batch(connection, requests, now)
+                    results = [batch.apply(list(call.requests), internal=call.internal) for call in calls]
+                    await store.persist(connection, batch, stripe=random.randrange(STRIPES))
+                return results
             except RETRYABLE as error:
                 if attempt == ATTEMPTS_MAX:
                     raise
                 log.info("transfer transaction conflict (%s), attempt %d", type(error).__name__, attempt)
                 await asyncio.sleep(random.uniform(0, 0.005 * attempt))
         raise AssertionError("unreachable")
-
-    async def _in_transaction(
-        self, connection: Connection, calls: list[_Call], requests: list[TransferRequest]
-    ) -> list[list[Outcome]]:
-        async with connection.transaction():
-            batch = await store.load_batch(connection, requests, self.clock)
-            results = [batch.apply(list(call.requests), internal=call.internal) for call in calls]
-            await store.persist(connection, batch, stripe=random.randrange(STRIPES))
-        return results
