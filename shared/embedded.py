@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import platform
 import pwd
-import shutil
 import socket
 import subprocess
 import time
@@ -185,7 +184,3 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def remove_data(data_dir: Path) -> None:
-    shutil.rmtree(data_dir, ignore_errors=True)

@@ -23,7 +23,6 @@ from services.wallet.domain.model import (
     Balance,
     Code,
     EntryRecord,
-    EntryType,
     ExpiryMode,
     Flags,
     FreezeMode,
@@ -1082,10 +1081,6 @@ def decode_outcome(data: dict[str, Any]) -> Outcome:
         pending_expiry_time=_parse_time(data["pe"]),
         lot_id=data["lot"],
     )
-
-
-def entry_type(value: int) -> EntryType:
-    return EntryType(value)
 
 
 # ------------------------------------------------------------------------------------------------

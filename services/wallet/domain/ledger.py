@@ -545,7 +545,7 @@ class Batch:
         """How much this transfer may take from a member or pool account."""
         if request.reason == Reason.ACCOUNT_CLOSURE:
             return debit.posted - debit.debits_pending  # closure forfeits every lot, pending or expired
-        available = self._member_balance_value(debit)
+        available = balance_of(debit, self.now).available
         own_lot = self._own_pending_lot(request, debit)
         if own_lot is not None:
             available += own_lot.free()  # an accrual's reversal may take its own not-yet-active lot
@@ -567,17 +567,8 @@ class Batch:
             usable = min(usable, debit.posted - debit.debits_pending)
         return usable
 
-    def _member_balance_value(self, account: Account) -> int:
-        return balance_of(account, self.now).available
-
     def _own_pending_lot(self, request: TransferRequest, debit: Account) -> Lot | None:
-        if request.reason != Reason.ACCRUAL_REVERSAL:
-            return None
-        original = self.records.get(request.reverses_transfer_id)
-        if original is None or not original.allocations:
-            return None
-        lot_id = original.allocations[0][0]
-        lot = next((lot for lot in debit.lots if lot.lot_id == lot_id), None)
+        lot = self._own_lot(request, debit)
         return lot if lot is not None and not lot.is_active(self.now) else None
 
     # -- effects ------------------------------------------------------------------------------
