@@ -13,16 +13,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from loyalty.processing.v1 import processing_pb2, processing_pb2_grpc, program_admin_pb2, program_admin_pb2_grpc
 
+from services.processing.admin import ProgramAdminServicer
 from shared.server import Runtime
 from shared.servicers import add_service
 
 
 class ProcessingServicer(processing_pb2_grpc.ProcessingServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-
-class ProgramAdminServicer(program_admin_pb2_grpc.ProgramAdminServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
