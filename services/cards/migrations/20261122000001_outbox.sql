@@ -9,7 +9,7 @@ CREATE TABLE outbox (
     event_type    text        NOT NULL CHECK (event_type <> ''),
     -- The member (or other aggregate) the event is about: keeps its events in order.
     partition_key text        NOT NULL,
-    -- The serialized protobuf event.
+    -- The event's data: a UTF-8 JSON object (see shared/outbox.py).
     payload       bytea       NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
     published_at  timestamptz
