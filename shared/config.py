@@ -208,8 +208,16 @@ def grpc_target(service: str, environ: Mapping[str, str] | None = None) -> str:
     explicit = env.get(f"LOYALTY_{service.upper()}_GRPC_TARGET")
     if explicit:
         return explicit
-    read = _Reader(service, env)
-    port = read.get("GRPC_PORT", int_between(1, 65535), DEFAULT_GRPC_PORTS[service])
+    # Only the target service's own variable: the platform-wide LOYALTY_GRPC_PORT is the port a
+    # process listens on itself (0 in tests), never where another service is.
+    variable = f"LOYALTY_{service.upper()}_GRPC_PORT"
+    text = env.get(variable)
+    if not text:
+        return f"127.0.0.1:{DEFAULT_GRPC_PORTS[service]}"
+    try:
+        port = int_between(1, 65535)(text)
+    except ValueError as error:
+        raise ConfigError(f"{variable}={text!r}: {error}") from None
     return f"127.0.0.1:{port}"
 
 

@@ -125,7 +125,7 @@ class FieldViolation:
     description: str
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # not frozen: the interpreter and contextlib set __traceback__ & co.
 class DomainError(Exception):
     """A refusal the client can act on. Raised anywhere below the edge; mapped at the edge."""
 

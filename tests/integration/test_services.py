@@ -9,7 +9,7 @@ from google.protobuf import descriptor_pool
 from google.rpc import error_details_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from grpc_status import rpc_status
-from loyalty.cards.v1 import cards_pb2, cards_pb2_grpc
+from loyalty.antifraud.v1 import antifraud_pb2, antifraud_pb2_grpc
 from loyalty.diagnostics.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -75,24 +75,16 @@ def details_of(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, list[
 
 
 def test_placeholder_rpcs_answer_unimplemented_visibly(running_services: dict[str, ServiceProcess]) -> None:
-    with grpc.insecure_channel(running_services["cards"].grpc_address) as channel:
-        stub = cards_pb2_grpc.CardsServiceStub(channel)
+    with grpc.insecure_channel(running_services["antifraud"].grpc_address) as channel:
+        stub = antifraud_pb2_grpc.AntifraudServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
-            stub.Resolve(cards_pb2.ResolveRequest(), timeout=5)
+            stub.Assess(antifraud_pb2.AssessRequest(), timeout=5)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
     info, _ = details_of(raised.value)
     assert info.reason == "NOT_IMPLEMENTED"
-    assert info.domain == "loyalty.cards.v1"
-    assert info.metadata["method"] == "loyalty.cards.v1.CardsService/Resolve"
-    assert info.metadata["plannedIn"] == "issue #4"
-
-
-def test_a_server_streaming_placeholder_answers_unimplemented_too(running_services: dict[str, ServiceProcess]) -> None:
-    with grpc.insecure_channel(running_services["cards"].grpc_address) as channel:
-        stream = cards_pb2_grpc.CardsServiceStub(channel).ExportCardBatch(cards_pb2.ExportCardBatchRequest(), timeout=5)
-        with pytest.raises(grpc.RpcError) as raised:
-            list(stream)
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    assert info.domain == "loyalty.antifraud.v1"
+    assert info.metadata["method"] == "loyalty.antifraud.v1.AntifraudService/Assess"
+    assert info.metadata["plannedIn"] == "the anti-fraud issue (not filed yet)"
 
 
 def test_bad_input_gets_invalid_argument_with_field_violations(running_services: dict[str, ServiceProcess]) -> None:

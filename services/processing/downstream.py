@@ -1,0 +1,201 @@
+"""Processing's clients of cards and wallet, built for the hot path.
+
+* Resolutions and transfers of concurrent purchases are coalesced into batch RPCs
+  (`BatchResolve`, `CreateTransfers` with one linked chain per purchase), see shared/batching.py.
+* Resolutions are never cached here: a BlockCard must win at once, and cards owns that cache.
+* What never changes is cached: the ids of a member's sub-accounts by kind (a sub-account id is
+  fixed for life) and the program's system accounts.
+* A downstream that is down or too slow becomes DEPENDENCY_UNAVAILABLE (UNAVAILABLE with a
+  retry delay): the register retries with the same key, and nothing is decided meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+from loyalty.cards.v1 import cards_pb2, cards_pb2_grpc
+from loyalty.common.v1 import errors_pb2, types_pb2
+from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+from shared.batching import Coalescer
+from shared.clients import create_channel
+from shared.errors import DomainError, FieldViolation, Reason
+
+ACTOR = types_pb2.Actor(type=types_pb2.ACTOR_TYPE_SYSTEM, id="processing")
+TRANSIENT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+ACCOUNT_CACHE_SIZE = 200_000
+
+
+def reason_of(value: errors_pb2.ErrorReason.ValueType) -> Reason:
+    """loyalty.common.v1.ErrorReason (wire value) -> Reason."""
+    return Reason(errors_pb2.ErrorReason.Name(value).removeprefix("ERROR_REASON_"))
+
+
+def reason_value(reason: Reason) -> errors_pb2.ErrorReason.ValueType:
+    return errors_pb2.ErrorReason.Value(f"ERROR_REASON_{reason.value}")
+
+
+def unavailable(service: str, error: aio.AioRpcError) -> DomainError:
+    return DomainError(
+        Reason.DEPENDENCY_UNAVAILABLE,
+        f"{service} did not answer ({error.code().name}); retry with the same key",
+        metadata={"dependency": service},
+    )
+
+
+@dataclass(frozen=True)
+class SubAccount:
+    account_id: str
+    kind: str
+    unit: wallet_pb2.Unit
+    spendable: bool
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    cards_s: float
+    wallet_s: float
+
+
+class Downstream:
+    def __init__(self, *, cards_target: str, wallet_target: str, deadlines: Deadlines, traced: bool) -> None:
+        self.deadlines = deadlines
+        self._cards_channel = create_channel(cards_target, default_timeout_s=deadlines.cards_s, traced=traced)
+        self._wallet_channel = create_channel(wallet_target, default_timeout_s=deadlines.wallet_s, traced=traced)
+        self.cards = cards_pb2_grpc.CardsServiceStub(self._cards_channel)
+        self.wallet = wallet_pb2_grpc.WalletServiceStub(self._wallet_channel)
+        self._resolver: Coalescer[cards_pb2.ResolveRequest, cards_pb2.BatchResolveResult] = Coalescer(
+            self._batch_resolve, batch_size_max=100, calls_in_flight_max=4
+        )
+        self._transfers: Coalescer[Sequence[wallet_pb2.Transfer], list[wallet_pb2.TransferResult]] = Coalescer(
+            self._create_transfers, batch_size_max=1000, calls_in_flight_max=4, size_of=len
+        )
+        self._sub_accounts: OrderedDict[str, tuple[SubAccount, ...]] = OrderedDict()
+        self._system_accounts: dict[tuple[str, int, str, int], str] = {}
+
+    async def close(self) -> None:
+        await self._cards_channel.close()
+        await self._wallet_channel.close()
+
+    # -- cards ---------------------------------------------------------------------------------
+
+    async def resolve(
+        self, *, program_id: str, identifier: types_pb2.MemberIdentifier, terminal_id: str, with_cards: bool = False
+    ) -> cards_pb2.Resolution:
+        """The member behind what the customer presented; refusals as DomainError."""
+        request = cards_pb2.ResolveRequest(
+            program_id=program_id,
+            identifier=identifier,
+            actor=types_pb2.Actor(type=types_pb2.ACTOR_TYPE_TERMINAL, id=terminal_id),
+            include_member_cards=with_cards,
+        )
+        result = await self._resolver.submit(request)
+        if result.HasField("error"):
+            reason = reason_of(result.error.reason)
+            error = result.error
+            violations = [FieldViolation(f"member.{error.field}", error.message)] if error.field else []
+            raise DomainError(reason, error.message or reason.value, violations=violations)
+        resolution: cards_pb2.Resolution = result.resolution
+        return resolution
+
+    async def _batch_resolve(self, requests: Sequence[cards_pb2.ResolveRequest]) -> list[cards_pb2.BatchResolveResult]:
+        try:
+            response = await self.cards.BatchResolve(cards_pb2.BatchResolveRequest(requests=requests))
+        except aio.AioRpcError as error:
+            raise self._translate("cards", error) from None
+        return list(response.results)
+
+    # -- wallet --------------------------------------------------------------------------------
+
+    async def transfer(self, chain: Sequence[wallet_pb2.Transfer]) -> list[wallet_pb2.TransferResult]:
+        """Apply one operation's transfers (already linked as the caller wants) in a shared call."""
+        if not chain:
+            return []
+        return await self._transfers.submit(chain)
+
+    async def _create_transfers(
+        self, chains: Sequence[Sequence[wallet_pb2.Transfer]]
+    ) -> list[list[wallet_pb2.TransferResult]]:
+        request = wallet_pb2.CreateTransfersRequest(transfers=[t for chain in chains for t in chain])
+        try:
+            response = await self.wallet.CreateTransfers(request)
+        except aio.AioRpcError as error:
+            raise self._translate("wallet", error) from None
+        results, start = [], 0
+        for chain in chains:
+            results.append(list(response.results[start : start + len(chain)]))
+            start += len(chain)
+        return results
+
+    async def balances(self, master_account_id: str) -> list[wallet_pb2.AccountBalanceView]:
+        try:
+            response = await self.wallet.GetBalances(wallet_pb2.GetBalancesRequest(master_account_id=master_account_id))
+        except aio.AioRpcError as error:
+            raise self._translate("wallet", error) from None
+        views = list(response.balances)
+        self._remember_sub_accounts(master_account_id, views)
+        return views
+
+    async def member_balances(self, *, program_id: str, member_id: str) -> list[wallet_pb2.AccountBalanceView]:
+        request = wallet_pb2.GetBalancesRequest(program_id=program_id, member_id=member_id)
+        try:
+            response = await self.wallet.GetBalances(request)
+        except aio.AioRpcError as error:
+            raise self._translate("wallet", error) from None
+        return list(response.balances)
+
+    async def sub_accounts(self, master_account_id: str) -> tuple[SubAccount, ...]:
+        """The member's sub-accounts in redemption-priority order (cached: ids never change)."""
+        cached = self._sub_accounts.get(master_account_id)
+        if cached is not None:
+            self._sub_accounts.move_to_end(master_account_id)
+            return cached
+        await self.balances(master_account_id)
+        return self._sub_accounts[master_account_id]
+
+    def _remember_sub_accounts(self, master_account_id: str, views: Sequence[wallet_pb2.AccountBalanceView]) -> None:
+        accounts = tuple(
+            SubAccount(view.balance.account_id, view.balance.account_kind, view.unit, view.spendable)
+            for view in views
+            if view.account_type == wallet_pb2.ACCOUNT_TYPE_MEMBER
+        )
+        self._sub_accounts[master_account_id] = accounts
+        self._sub_accounts.move_to_end(master_account_id)
+        while len(self._sub_accounts) > ACCOUNT_CACHE_SIZE:
+            self._sub_accounts.popitem(last=False)
+
+    async def system_account(
+        self, *, program_id: str, role: wallet_pb2.SystemAccountRole.ValueType, unit: wallet_pb2.Unit
+    ) -> str:
+        """The program-level system account of a role and unit, opened on first use."""
+        cache_key = (program_id, role, unit.currency_code, unit.scale)
+        account_id = self._system_accounts.get(cache_key)
+        if account_id is None:
+            key = f"processing.system.{program_id}.{role}.{unit.type}.{unit.currency_code or 'points'}.{unit.scale}"
+            request = wallet_pb2.OpenSystemAccountRequest(
+                program_id=program_id,
+                role=role,
+                unit=unit,
+                actor=ACTOR,
+                idempotency_key=types_pb2.IdempotencyKey(key=key[:128]),
+            )
+            try:
+                response = await self.wallet.OpenSystemAccount(request)
+            except aio.AioRpcError as error:
+                raise self._translate("wallet", error) from None
+            account_id = response.account.account_id
+            self._system_accounts[cache_key] = account_id
+        return account_id
+
+    @staticmethod
+    def _translate(service: str, error: aio.AioRpcError) -> Exception:
+        if error.code() in TRANSIENT_CODES:
+            return unavailable(service, error)
+        unexpected: Exception = error
+        return unexpected

@@ -1,0 +1,996 @@
+"""The register flow: Identify, Calculate, Purchase, Authorize, Capture, Void, Refund, and the
+saga that makes every write exactly-once across processing's and the wallet's databases.
+
+THE SAGA (DESIGN §2). A write is decided in memory (resolution, rules, transfer plan), then:
+
+  1. the operation is INSERTED in state PROCESSING with its plan: the wallet transfers it will
+     make, with ids derived from the operation id, and a lease (the recovery point);
+  2. the plan is sent to the wallet as one linked chain (shared with concurrent purchases in one
+     CreateTransfers call);
+  3. the outcome is recorded in ONE transaction: the final state, the response bytes (for
+     byte-identical replays), the member's statistics and the outbox events.
+
+A process that dies after 1 leaves a PROCESSING operation with a plan; whoever comes next — the
+register retrying with the same key once the lease has run out, or the recovery worker — sends
+the same plan again (the wallet answers EXISTS with the original results, or applies it now) and
+records the outcome. A transient failure (wallet down) leaves the operation PROCESSING and the
+caller gets UNAVAILABLE; it never ends REJECTED for that. The unique (terminal, key) constraint
+written in step 1 is what makes a key have one operation; the unique live-receipt index makes a
+receipt have one live purchase.
+
+Anti-fraud (its own issue) plugs in at `_assess`: today every operation is recorded
+RISK_OUTCOME_NOT_ASSESSED, which is what the contract says for "anti-fraud did not answer".
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, NoReturn, TypeVar
+from zoneinfo import ZoneInfo
+
+import asyncpg
+from google.protobuf.message import Message
+from loyalty.cards.v1 import cards_pb2
+from loyalty.common.v1 import types_pb2
+from loyalty.processing.v1 import processing_pb2 as p
+from loyalty.wallet.v1 import wallet_pb2
+
+from services.processing import rulesets
+from services.processing.context import ProgramContext
+from services.processing.domain import operations as ops
+from services.processing.domain import rules
+from services.processing.domain.operations import OperationState, OperationType, PlannedTransfer, Posting
+from services.processing.downstream import Downstream, reason_of, reason_value
+from services.processing.store import operations as store
+from shared.errors import DomainError, FieldViolation, Reason, invalid_argument
+from shared.idempotency import fingerprint, run_once
+
+ResponseT = TypeVar("ResponseT", bound=Message)
+
+# TransferResultCode name -> the ErrorReason a register gets (wallet.proto, TransferResultCode).
+WALLET_REFUSALS: dict[str, Reason] = {
+    "INSUFFICIENT_FUNDS": Reason.INSUFFICIENT_POINTS,
+    "DEBIT_ACCOUNT_FROZEN": Reason.ACCOUNT_FROZEN,
+    "CREDIT_ACCOUNT_FROZEN": Reason.ACCOUNT_FROZEN,
+    "DEBIT_ACCOUNT_CLOSED": Reason.ACCOUNT_CLOSED,
+    "CREDIT_ACCOUNT_CLOSED": Reason.ACCOUNT_CLOSED,
+    "DEBIT_ACCOUNT_NOT_FOUND": Reason.ACCOUNT_NOT_FOUND,
+    "CREDIT_ACCOUNT_NOT_FOUND": Reason.ACCOUNT_NOT_FOUND,
+    "PENDING_TRANSFER_ALREADY_POSTED": Reason.HOLD_ALREADY_RESOLVED,
+    "PENDING_TRANSFER_ALREADY_VOIDED": Reason.HOLD_ALREADY_RESOLVED,
+    "PENDING_TRANSFER_EXPIRED": Reason.HOLD_EXPIRED,
+    "IMPORTED_TIME_TOO_OLD": Reason.OFFLINE_OPERATION_TOO_OLD,
+    "POOL_SPENDING_LIMIT_EXCEEDED": Reason.LIMIT_EXCEEDED,
+    "BALANCE_LIMIT_EXCEEDED": Reason.LIMIT_EXCEEDED,
+}
+SUCCESS = (wallet_pb2.TRANSFER_RESULT_CODE_CREATED, wallet_pb2.TRANSFER_RESULT_CODE_EXISTS)
+IDENTIFIED_BY = {
+    cards_pb2.IDENTIFIER_TYPE_CARD_NUMBER: p.IDENTIFICATION_METHOD_CARD,
+    cards_pb2.IDENTIFIER_TYPE_PHONE: p.IDENTIFICATION_METHOD_PHONE,
+    cards_pb2.IDENTIFIER_TYPE_QR_TOKEN: p.IDENTIFICATION_METHOD_QR_TOKEN,
+    cards_pb2.IDENTIFIER_TYPE_MEMBER_ID: p.IDENTIFICATION_METHOD_MEMBER_ID,
+}
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    lease_s: float
+    points_kind: str = "base"
+
+
+@dataclass(frozen=True)
+class Member:
+    """Who the customer is, for one operation."""
+
+    resolution: cards_pb2.Resolution
+    sub_accounts: tuple[Any, ...]  # downstream.SubAccount, redemption-priority order
+
+    @property
+    def member_id(self) -> str:
+        return str(self.resolution.member_id)
+
+
+def new_operation_id() -> str:
+    return f"op_{uuid.uuid4().hex}"
+
+
+def masked_card(number: str) -> str:
+    return f"**** **** {number[-4:]}" if number else ""
+
+
+def wallet_failure(results: Sequence[wallet_pb2.TransferResult]) -> DomainError | None:
+    """None when the chain applied; else the refusal of its failing transfer."""
+    if all(result.code in SUCCESS for result in results):
+        return None
+    for result in results:
+        if result.code in SUCCESS or result.code == wallet_pb2.TRANSFER_RESULT_CODE_LINKED_EVENT_FAILED:
+            continue
+        name = wallet_pb2.TransferResultCode.Name(result.code).removeprefix("TRANSFER_RESULT_CODE_")
+        reason = WALLET_REFUSALS.get(name)
+        if reason is None:
+            # A validation code means our plan was wrong: a bug, not the customer's problem.
+            raise RuntimeError(f"the wallet refused transfer {result.transfer_id}: {name}")
+        return DomainError(reason, f"the wallet refused the operation: {name}", metadata={"cause": name})
+    raise RuntimeError("a linked chain failed without a failing transfer")
+
+
+def balances_after(
+    results: Sequence[wallet_pb2.TransferResult], member_accounts: Iterable[str]
+) -> list[types_pb2.AccountBalance]:
+    """The member's balances after the chain: the last balance seen for each of its accounts."""
+    wanted = set(member_accounts)
+    latest: dict[str, types_pb2.AccountBalance] = {}
+    for result in results:
+        for balance in (result.debit_account_balance, result.credit_account_balance):
+            if balance.account_id in wanted:
+                latest[balance.account_id] = balance
+    return list(latest.values())
+
+
+class Flow:
+    def __init__(
+        self, *, pool: asyncpg.Pool, context: ProgramContext, downstream: Downstream, settings: FlowSettings
+    ) -> None:
+        self.pool = pool
+        self.context = context
+        self.downstream = downstream
+        self.settings = settings
+
+    # -- identification ------------------------------------------------------------------------
+
+    async def _member(
+        self, *, program_id: str, identifier: types_pb2.MemberIdentifier, terminal_id: str, with_cards: bool = False
+    ) -> Member:
+        resolution = await self.downstream.resolve(
+            program_id=program_id, identifier=identifier, terminal_id=terminal_id, with_cards=with_cards
+        )
+        if not resolution.usable:
+            reason = reason_of(resolution.refusal_reason) if resolution.refusal_reason else Reason.CARD_NOT_ACTIVE
+            raise DomainError(reason, f"the customer cannot be served: {reason.value}")
+        if not resolution.master_account_id:
+            raise DomainError(Reason.MEMBER_NOT_FOUND, "the card is not bound to a member")
+        sub_accounts = await self.downstream.sub_accounts(resolution.master_account_id)
+        return Member(resolution, sub_accounts)
+
+    async def identify(self, request: p.IdentifyRequest) -> p.IdentifyResponse:
+        terminal = await self.context.terminal(request.terminal_id)
+        settings = await self.context.settings()
+        member = await self._member(
+            program_id=settings.program_id,
+            identifier=request.member,
+            terminal_id=terminal.terminal_id,
+            with_cards=True,
+        )
+        views = await self.downstream.balances(member.resolution.master_account_id)
+        response = p.IdentifyResponse(
+            member_id=member.member_id,
+            display_name=member.resolution.member_display_name,
+            masked_phone=member.resolution.member_masked_phone,
+            identified_by=IDENTIFIED_BY.get(member.resolution.identified_by, p.IDENTIFICATION_METHOD_UNSPECIFIED),
+            balances=[view.balance for view in views],
+        )
+        total = sum(
+            view.balance.available.amount_minor
+            for view in views
+            if view.spendable
+            and not view.balance.currency_code
+            and view.effective_state == wallet_pb2.ACCOUNT_STATE_ACTIVE
+        )
+        response.total_available.CopyFrom(types_pb2.Points(amount_minor=total, scale=settings.point_scale))
+        blocked = self._redemption_blocked(member, views)
+        if blocked is not None:
+            response.redemption_blocked_reason = reason_value(blocked)
+        for card in member.resolution.member_cards:
+            response.cards.append(
+                p.MemberCard(
+                    masked_number=masked_card(card.card_number),
+                    status=_card_status(card.state),
+                    presented=card.card_id == member.resolution.card_id,
+                    app_only=card.type == cards_pb2.CARD_TYPE_VIRTUAL,
+                )
+            )
+        return response
+
+    def _redemption_blocked(self, member: Member, views: Sequence[wallet_pb2.AccountBalanceView]) -> Reason | None:
+        if any(view.effective_state == wallet_pb2.ACCOUNT_STATE_FROZEN for view in views):
+            return Reason.ACCOUNT_FROZEN
+        return None
+
+    # -- calculation ---------------------------------------------------------------------------
+
+    async def _calculate(
+        self,
+        *,
+        rule_set: Any,
+        receipt: Any,
+        terminal: Any,
+        member: Member | None,
+        at: datetime,
+        redemption: rules.RedemptionRequest,
+        views: Sequence[wallet_pb2.AccountBalanceView] | None,
+    ) -> Any:
+        outlet = rulesets.outlet_facts(terminal)
+        facts = None
+        if member is not None:
+            windows = sorted(
+                rules.spend_windows(rule_set, outlet=outlet, at=at), key=lambda w: (w.first_day, w.last_day)
+            )
+            async with self.pool.acquire() as connection:
+                history = await store.member_history(
+                    connection, member.member_id, [(w.first_day, w.last_day) for w in windows]
+                )
+            facts = rulesets.member_facts(
+                member.resolution,
+                purchase_count=history.purchase_count,
+                app_purchase_count=history.app_purchase_count,
+                rule_uses=history.rule_uses,
+                spend_by_window={w: history.spend_by_window[(w.first_day, w.last_day)] for w in windows},
+            )
+        spendable = None
+        blocked = None
+        if member is not None and views is not None:
+            spendable = sum(
+                max(view.balance.available.amount_minor, 0)
+                for view in views
+                if view.spendable
+                and not view.balance.currency_code
+                and view.effective_state == wallet_pb2.ACCOUNT_STATE_ACTIVE
+            )
+            blocked = self._redemption_blocked(member, views)
+        return rules.calculate(
+            rule_set,
+            receipt=receipt,
+            outlet=outlet,
+            member=facts,
+            at=at,
+            redemption=redemption,
+            spendable_points=spendable,
+            redemption_blocked=blocked,
+            identified_by_card_or_qr=member is not None
+            and member.resolution.identified_by
+            in (
+                cards_pb2.IDENTIFIER_TYPE_CARD_NUMBER,
+                cards_pb2.IDENTIFIER_TYPE_QR_TOKEN,
+                cards_pb2.IDENTIFIER_TYPE_MEMBER_ID,
+            ),
+        )
+
+    async def calculate(self, request: p.CalculateRequest) -> p.CalculateResponse:
+        terminal = await self.context.terminal(request.terminal_id)
+        settings = await self.context.settings()
+        receipt = rulesets.receipt_from_request(request.receipt, settings=settings, terminal=terminal, field="receipt")
+        member = None
+        views = None
+        if request.HasField("member") and request.member.WhichOneof("kind"):
+            member = await self._member(
+                program_id=settings.program_id, identifier=request.member, terminal_id=terminal.terminal_id
+            )
+            views = await self.downstream.balances(member.resolution.master_account_id)
+        cached = await self.context.rule_set_now()
+        calculation = await self._calculate(
+            rule_set=cached.rule_set,
+            receipt=receipt,
+            terminal=terminal,
+            member=member,
+            at=datetime.now().astimezone(),
+            redemption=_redemption_request(request, settings),
+            views=views,
+        )
+        return p.CalculateResponse(
+            calculation=rulesets.calculation_to_proto(calculation, settings=settings),
+            balances=[view.balance for view in views or ()],
+        )
+
+    # -- purchase and authorization --------------------------------------------------------------
+
+    async def purchase(self, request: p.PurchaseRequest) -> p.PurchaseResponse:
+        return await self._sale(request, method="Purchase", response_type=p.PurchaseResponse, authorize=False)
+
+    async def authorize(self, request: p.AuthorizeRequest) -> p.AuthorizeResponse:
+        return await self._sale(request, method="Authorize", response_type=p.AuthorizeResponse, authorize=True)
+
+    async def _sale(self, request: Any, *, method: str, response_type: type[ResponseT], authorize: bool) -> ResponseT:
+        terminal = await self.context.terminal(request.terminal_id)
+        settings = await self.context.settings()
+        receipt = rulesets.receipt_from_request(
+            request.receipt, settings=settings, terminal=terminal, field="receipt", receipt_id_required=True
+        )
+        ttl_s = _authorization_ttl_s(request, settings) if authorize else 0
+        digest = fingerprint(method, request)
+        key = request.idempotency_key.key
+        async with self.pool.acquire() as connection:
+            existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=key)
+        if existing is not None:
+            return await self._replay(existing, digest, response_type)
+        operation_id = new_operation_id()
+        now = datetime.now().astimezone()
+        base = _operation_base(
+            operation_id=operation_id,
+            terminal=terminal,
+            request=request,
+            receipt_id=request.receipt.receipt_id,
+            now=now,
+            type_=OperationType.PURCHASE,
+        )
+        try:
+            member = await self._member(
+                program_id=settings.program_id, identifier=request.member, terminal_id=terminal.terminal_id
+            )
+            base.member_id = member.member_id
+            base.identified_by = IDENTIFIED_BY.get(member.resolution.identified_by, p.IDENTIFICATION_METHOD_UNSPECIFIED)
+            base.masked_card_number = masked_card(member.resolution.card_number)
+            redemption = _redemption_request(request, settings)
+            views = (
+                await self.downstream.balances(member.resolution.master_account_id)
+                if redemption.points or redemption.maximum
+                else None
+            )
+            cached = await self.context.rule_set_now()
+            calculation = await self._calculate(
+                rule_set=cached.rule_set,
+                receipt=receipt,
+                terminal=terminal,
+                member=member,
+                at=now,
+                redemption=redemption,
+                views=views,
+            )
+            if calculation.redemption_refusal is not None:
+                raise DomainError(
+                    calculation.redemption_refusal,
+                    f"the points cannot be spent: {calculation.redemption_refusal.value}",
+                )
+            base.rule_set_version = cached.version
+            base.risk_outcome = await self._assess(base)
+            accounts = await self._accounts(settings, member)
+        except DomainError as refusal:
+            if refusal.reason in (Reason.INVALID_ARGUMENT, Reason.DEPENDENCY_UNAVAILABLE, Reason.TERMINAL_NOT_FOUND):
+                raise
+            return await self._reject(base, refusal, key=key, digest=digest, method=method, response_type=response_type)
+        transfers, postings = ops.sale_transfers(
+            operation_id=operation_id,
+            accounts=accounts,
+            redemption=calculation.redemption,
+            accrual_parts=rulesets.accrual_part_plans(calculation),
+            hold_timeout_s=ttl_s,
+        )
+        base.purchase.calculation.CopyFrom(rulesets.calculation_to_proto(calculation, settings=settings))
+        target = OperationState.AUTHORIZED if authorize else OperationState.CAPTURED
+        expire_time = now + timedelta(seconds=ttl_s) if authorize else None
+        if expire_time is not None:
+            base.purchase.authorization_expire_time.FromDatetime(expire_time)
+        base.state = p.OPERATION_STATE_PROCESSING
+        new = store.NewOperation(
+            operation_id=operation_id,
+            type=OperationType.PURCHASE,
+            state=OperationState.PROCESSING,
+            terminal_id=terminal.terminal_id,
+            outlet_id=terminal.outlet_id,
+            partner_id=terminal.partner_id,
+            member_id=member.member_id,
+            receipt_id=request.receipt.receipt_id,
+            idempotency_key=key,
+            request_hash=digest,
+            method=method,
+            offline=False,
+            original_operation_id=None,
+            effective_time=now,
+            lease_s=self.settings.lease_s,
+            expire_time=expire_time,
+            operation=base.SerializeToString(),
+            receipt=request.receipt.SerializeToString(),
+            plan=_with_target(transfers, target),
+            postings=postings,
+        )
+        async with self.pool.acquire() as connection:
+            inserted = await store.insert(connection, new)
+            if not inserted:
+                existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=key)
+        if not inserted:
+            if existing is not None:
+                return await self._replay(existing, digest, response_type)
+            live = await self._live_purchase(terminal.terminal_id, request.receipt.receipt_id)
+            taken = DomainError(
+                Reason.ALREADY_EXISTS,
+                f"receipt {request.receipt.receipt_id!r} already has a live purchase",
+                metadata={"resourceType": "Operation", "resourceId": live},
+            )
+            return await self._reject(base, taken, key=key, digest=digest, method=method, response_type=response_type)
+        async with self.pool.acquire() as connection:
+            row = await store.find(connection, operation_id)
+        if row is None:
+            raise RuntimeError(f"operation {operation_id} vanished")
+        return await self._drive(row, response_type)
+
+    async def _live_purchase(self, terminal_id: str, receipt_id: str) -> str:
+        async with self.pool.acquire() as connection:
+            row = await store.find_purchase_by_receipt(connection, terminal_id=terminal_id, receipt_id=receipt_id)
+        return row.operation_id if row is not None else ""
+
+    async def _assess(self, operation: p.Operation) -> p.RiskOutcome.ValueType:
+        """The anti-fraud call site (antifraud.v1 Assess); not wired yet, see the module docstring."""
+        return p.RISK_OUTCOME_NOT_ASSESSED
+
+    async def _accounts(self, settings: Any, member: Member) -> ops.Accounts:
+        points_unit = wallet_pb2.Unit(type=wallet_pb2.UNIT_TYPE_POINTS, scale=settings.point_scale)
+        issuance = await self.downstream.system_account(
+            program_id=settings.program_id, role=wallet_pb2.SYSTEM_ACCOUNT_ROLE_ISSUANCE, unit=points_unit
+        )
+        redemption = await self.downstream.system_account(
+            program_id=settings.program_id, role=wallet_pb2.SYSTEM_ACCOUNT_ROLE_REDEMPTION, unit=points_unit
+        )
+        earning = {account.kind: account.account_id for account in member.sub_accounts}
+        if member.resolution.account_id:  # a card bound to its own sub-account earns and spends there
+            earning[self.settings.points_kind] = member.resolution.account_id
+        spending = tuple(
+            (account.account_id, account.kind, 0)
+            for account in member.sub_accounts
+            if account.spendable and account.unit.type == wallet_pb2.UNIT_TYPE_POINTS
+        )
+        return ops.Accounts(issuance=issuance, redemption=redemption, earning=earning, spending=spending)
+
+    # -- replays, refusals and the saga's end ------------------------------------------------------
+
+    async def _replay(self, row: store.OperationRow, digest: bytes, response_type: type[ResponseT]) -> ResponseT:
+        if row.request_hash != digest:
+            raise DomainError(
+                Reason.IDEMPOTENCY_KEY_REUSED,
+                f"idempotency key {row.idempotency_key!r} was already used with a different request; use a new key",
+                metadata={"idempotencyKey": row.idempotency_key},
+            )
+        if row.state is OperationState.REJECTED:
+            raise _stored_refusal(row)
+        if row.response is not None:
+            response = response_type()
+            response.ParseFromString(row.response)
+            return response
+        if row.state is OperationState.PROCESSING:
+            async with self.pool.acquire() as connection:
+                claimed = await store.claim(connection, row.operation_id, lease_s=self.settings.lease_s)
+            if claimed is None:
+                raise DomainError(
+                    Reason.REQUEST_IN_PROGRESS,
+                    f"the request with key {row.idempotency_key!r} is still running; retry with the same key",
+                    metadata={"idempotencyKey": row.idempotency_key},
+                )
+            return await self._drive(claimed, response_type)
+        raise RuntimeError(f"operation {row.operation_id} has no response in state {row.state.name}")
+
+    async def _reject(
+        self,
+        base: p.Operation,
+        refusal: DomainError,
+        *,
+        key: str,
+        digest: bytes,
+        method: str,
+        response_type: type[ResponseT],
+    ) -> ResponseT:
+        """Record a definite refusal under the key (replayed for the same key) and raise it."""
+        base.state = p.OPERATION_STATE_REJECTED
+        base.rejection_reason = reason_value(refusal.reason)
+        base.rejection_message = refusal.message
+        base.ClearField("purchase")
+        rejected = store.NewOperation(
+            operation_id=base.operation_id,
+            type=OperationType(base.type),
+            state=OperationState.REJECTED,
+            terminal_id=base.terminal_id,
+            outlet_id=base.outlet_id,
+            partner_id=base.partner_id,
+            member_id=base.member_id,
+            receipt_id=base.receipt_id,
+            idempotency_key=key,
+            request_hash=digest,
+            method=method,
+            offline=base.offline,
+            original_operation_id=None,
+            effective_time=base.effective_time.ToDatetime().astimezone(),
+            lease_s=0,
+            expire_time=None,
+            operation=base.SerializeToString(),
+            receipt=None,
+            plan=store.NO_PLAN,
+            postings=[],
+            response=json.dumps({"metadata": dict(refusal.metadata)}).encode(),
+        )
+        async with self.pool.acquire() as connection:
+            inserted = await store.insert(connection, rejected)
+            existing = None if inserted else await store.find_by_key(connection, terminal_id=base.terminal_id, key=key)
+        if existing is not None:
+            return await self._replay(existing, digest, response_type)
+        raise refusal
+
+    async def _drive(self, row: store.OperationRow, response_type: type[ResponseT]) -> ResponseT:
+        """Send the operation's plan to the wallet and record the outcome (the saga's steps 2-3)."""
+        target, transfers = row.plan.target, row.plan.transfers
+        chain = [_to_wallet(t, row, linked=i < len(transfers) - 1) for i, t in enumerate(transfers)]
+        results = await self.downstream.transfer(chain)
+        operation = p.Operation()
+        operation.ParseFromString(row.operation)
+        refusal = wallet_failure(results)
+        now = datetime.now().astimezone()
+        operation.update_time.FromDatetime(now)
+        if refusal is not None:
+            return await self._finish_refused(row, operation, refusal)
+        member_accounts = {posting.account_id for posting in row.postings}
+        balances = balances_after(results, member_accounts)
+        if not balances and operation.member_id:
+            views = await self._member_balances(operation)
+            balances = [view.balance for view in views]
+        operation.state = _state_value(target)
+        if target is OperationState.CAPTURED:
+            operation.purchase.capture_time.FromDatetime(now)
+        if target in (OperationState.VOIDED, OperationState.EXPIRED):
+            operation.purchase.void_time.FromDatetime(now)
+        response = response_type(operation=operation, balances=balances)
+        settings = await self.context.settings()
+        events = _events(operation, balances, target)
+        async with self.pool.acquire() as connection, connection.transaction():
+            await store.update(
+                connection,
+                row.operation_id,
+                state=target,
+                operation=operation.SerializeToString(),
+                response=response.SerializeToString(),
+                expire_time=row.expire_time if target is OperationState.AUTHORIZED else None,
+            )
+            if target is OperationState.CAPTURED:
+                await store.record_stats(connection, _stats_change(operation, row, ZoneInfo(settings.time_zone)))
+            await store.add_events(connection, events)
+        return response
+
+    # -- capture, void, expiry -------------------------------------------------------------------
+
+    async def find_reference(self, terminal: Any, reference: p.OperationReference) -> store.OperationRow:
+        """The operation a request refers to; other partners' operations are refused."""
+        kind = reference.WhichOneof("kind")
+        async with self.pool.acquire() as connection:
+            if kind == "operation_id":
+                row = await store.find(connection, reference.operation_id)
+            elif kind == "receipt":
+                row = await store.find_purchase_by_receipt(
+                    connection,
+                    terminal_id=reference.receipt.terminal_id or terminal.terminal_id,
+                    receipt_id=reference.receipt.receipt_id,
+                )
+            else:
+                row = await store.find_by_key(
+                    connection, terminal_id=terminal.terminal_id, key=reference.idempotency_key
+                )
+        if row is None:
+            raise DomainError(Reason.OPERATION_NOT_FOUND, "no such operation")
+        if row.partner_id != terminal.partner_id:
+            raise DomainError(Reason.PERMISSION_DENIED, "the operation belongs to another partner")
+        return row
+
+    async def capture(self, request: p.CaptureRequest) -> p.CaptureResponse:
+        terminal = await self.context.terminal(request.terminal_id)
+        return await run_once(
+            self.pool,
+            scope=f"terminal:{terminal.terminal_id}",
+            key=request.idempotency_key.key,
+            method="Capture",
+            request=request,
+            response_type=p.CaptureResponse,
+            work=lambda: self._capture(request, terminal),
+        )
+
+    async def _capture(self, request: p.CaptureRequest, terminal: Any) -> p.CaptureResponse:
+        row = await self.find_reference(terminal, request.reference)
+        key = request.idempotency_key.key
+        if row.resolution_key == key:  # this very request got further before (a crash, a retry)
+            return await self._resume(row, p.CaptureResponse)
+        self._check_resolvable(row, capture=True)
+        settings = await self.context.settings()
+        authorized = p.Operation()
+        authorized.ParseFromString(row.operation)
+        held_redemption = authorized.purchase.calculation.redemption.amount_minor
+        final_redemption = (
+            request.final_redeem_points.amount_minor if request.HasField("final_redeem_points") else held_redemption
+        )
+        if final_redemption > held_redemption:
+            raise invalid_argument([FieldViolation("final_redeem_points", f"more than the {held_redemption} held")])
+        calculation_proto = authorized.purchase.calculation
+        receipt_bytes = row.receipt
+        if request.HasField("final_receipt") or final_redemption != held_redemption:
+            original = types_pb2.Receipt()
+            original.ParseFromString(row.receipt or b"")
+            final = request.final_receipt if request.HasField("final_receipt") else original
+            _check_subset(final, original)
+            receipt = rulesets.receipt_from_request(final, settings=settings, terminal=terminal, field="final_receipt")
+            member = await self._member(
+                program_id=settings.program_id,
+                identifier=types_pb2.MemberIdentifier(member_id=row.member_id),
+                terminal_id=terminal.terminal_id,
+            )
+            cached = await self.context.rule_set_version(authorized.rule_set_version)
+            calculation = await self._calculate(
+                rule_set=cached.rule_set,
+                receipt=receipt,
+                terminal=terminal,
+                member=member,
+                at=authorized.effective_time.ToDatetime().astimezone(),
+                redemption=rules.RedemptionRequest(points=final_redemption),
+                views=None,
+            )
+            calculation_proto = rulesets.calculation_to_proto(calculation, settings=settings)
+            parts = rulesets.accrual_part_plans(calculation)
+            receipt_bytes = final.SerializeToString()
+            accounts = await self._accounts(settings, member)
+        else:
+            parts = rulesets.accrual_part_plans_from_proto(calculation_proto)
+            accounts = ops.Accounts(issuance="", redemption="", earning={}, spending=())
+        transfers, postings = ops.capture_transfers(
+            operation_id=row.operation_id,
+            holds=row.postings,
+            redemption=final_redemption,
+            accrual_parts=parts,
+            accounts=accounts,
+        )
+        authorized.purchase.calculation.CopyFrom(calculation_proto)
+        authorized.purchase.released_redemption.CopyFrom(
+            types_pb2.Points(amount_minor=held_redemption - final_redemption, scale=settings.point_scale)
+        )
+        if request.fiscal_document_number:
+            authorized.fiscal_document_number = request.fiscal_document_number
+        return await self._move_on(
+            row,
+            authorized,
+            plan=store.Plan(OperationState.CAPTURED, tuple(transfers)),
+            postings=postings,
+            receipt=receipt_bytes,
+            resolution_key=key,
+            response_type=p.CaptureResponse,
+        )
+
+    async def void(self, request: p.VoidRequest) -> p.VoidResponse:
+        terminal = await self.context.terminal(request.terminal_id)
+        return await run_once(
+            self.pool,
+            scope=f"terminal:{terminal.terminal_id}",
+            key=request.idempotency_key.key,
+            method="Void",
+            request=request,
+            response_type=p.VoidResponse,
+            work=lambda: self._void(request, terminal),
+        )
+
+    async def _void(self, request: p.VoidRequest, terminal: Any) -> p.VoidResponse:
+        row = await self.find_reference(terminal, request.reference)
+        if row.resolution_key == request.idempotency_key.key:
+            return await self._resume(row, p.VoidResponse)
+        if row.state in (OperationState.VOIDED, OperationState.EXPIRED):  # the goal is reached already
+            return await self._resume(row, p.VoidResponse)
+        self._check_resolvable(row, capture=False)
+        operation = p.Operation()
+        operation.ParseFromString(row.operation)
+        return await self._move_on(
+            row,
+            operation,
+            plan=store.Plan(
+                OperationState.VOIDED, tuple(ops.void_transfers(operation_id=row.operation_id, holds=row.postings))
+            ),
+            postings=[],
+            receipt=None,
+            resolution_key=request.idempotency_key.key,
+            response_type=p.VoidResponse,
+        )
+
+    async def expire(self, operation_id: str) -> bool:
+        """Void an authorization past its expiry (the expiry worker). False if someone else moved it."""
+        async with self.pool.acquire() as connection:
+            row = await store.find(connection, operation_id)
+        if row is None or row.state is not OperationState.AUTHORIZED or row.expire_time is None:
+            return False
+        if row.expire_time > row.now:
+            return False
+        operation = p.Operation()
+        operation.ParseFromString(row.operation)
+        await self._move_on(
+            row,
+            operation,
+            plan=store.Plan(
+                OperationState.EXPIRED, tuple(ops.void_transfers(operation_id=row.operation_id, holds=row.postings))
+            ),
+            postings=[],
+            receipt=None,
+            resolution_key=None,
+            response_type=p.VoidResponse,
+        )
+        return True
+
+    def _check_resolvable(self, row: store.OperationRow, *, capture: bool) -> None:
+        if row.type is not OperationType.PURCHASE or row.state is OperationState.REJECTED:
+            raise DomainError(Reason.INVALID_STATE_TRANSITION, "not an authorized purchase")
+        if row.state is OperationState.PROCESSING:
+            raise DomainError(Reason.REQUEST_IN_PROGRESS, "the operation is being processed; retry with the same key")
+        if row.state in (OperationState.VOIDED, OperationState.EXPIRED):
+            reason = Reason.HOLD_EXPIRED if row.state is OperationState.EXPIRED else Reason.HOLD_ALREADY_RESOLVED
+            raise DomainError(reason, f"the authorization is {row.state.name.lower()}")
+        if row.state is not OperationState.AUTHORIZED:
+            raise DomainError(Reason.HOLD_ALREADY_RESOLVED, "the authorization was already captured; use Refund")
+        if capture and row.expire_time is not None and row.expire_time <= row.now:
+            raise DomainError(Reason.HOLD_EXPIRED, "the authorization expired; authorize again with a new key")
+
+    async def _move_on(
+        self,
+        row: store.OperationRow,
+        operation: p.Operation,
+        *,
+        plan: store.Plan,
+        postings: Sequence[Posting],
+        receipt: bytes | None,
+        resolution_key: str | None,
+        response_type: type[ResponseT],
+    ) -> ResponseT:
+        """AUTHORIZED -> PROCESSING with the plan (the recovery point), then drive it."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            current = await store.find(connection, row.operation_id, for_update=True)
+            if current is None or current.state is not OperationState.AUTHORIZED:
+                raise DomainError(
+                    Reason.CONCURRENT_MODIFICATION, "the operation changed meanwhile; retry with the same key"
+                )
+            await store.update(
+                connection,
+                row.operation_id,
+                state=OperationState.PROCESSING,
+                operation=operation.SerializeToString(),
+                plan=plan,
+                postings=list(postings) if postings else None,
+                receipt=receipt,
+                lease_s=self.settings.lease_s,
+                resolution_key=resolution_key,
+                expire_time=row.expire_time,
+            )
+            moved = await store.find(connection, row.operation_id)
+        if moved is None:
+            raise RuntimeError(f"operation {row.operation_id} vanished")
+        return await self._drive(moved, response_type)
+
+    async def _resume(self, row: store.OperationRow, response_type: type[ResponseT]) -> ResponseT:
+        """The answer for an operation this request (or the worker) already moved on."""
+        if row.state is OperationState.PROCESSING:
+            async with self.pool.acquire() as connection:
+                claimed = await store.claim(connection, row.operation_id, lease_s=self.settings.lease_s)
+            if claimed is None:
+                raise DomainError(
+                    Reason.REQUEST_IN_PROGRESS, "the operation is being processed; retry with the same key"
+                )
+            return await self._drive(claimed, response_type)
+        operation = p.Operation()
+        operation.ParseFromString(row.operation)
+        views = await self._member_balances(operation)
+        return response_type(operation=operation, balances=[view.balance for view in views])
+
+    async def recover(self, operation_id: str) -> None:
+        """Drive a PROCESSING operation nobody drives any more to its end (the recovery worker)."""
+        async with self.pool.acquire() as connection:
+            claimed = await store.claim(connection, operation_id, lease_s=self.settings.lease_s)
+        if claimed is None:
+            return
+        response_type: type[Message] = p.PurchaseResponse
+        try:
+            await self._drive(claimed, response_type)
+        except DomainError as refusal:
+            if refusal.reason is Reason.DEPENDENCY_UNAVAILABLE:
+                raise
+            # A definite refusal is recorded by _drive; nothing more to do.
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def get_operation(self, request: p.GetOperationRequest) -> p.GetOperationResponse:
+        terminal = await self.context.terminal(request.terminal_id)
+        row = await self.find_reference(terminal, request.reference)
+        operation = p.Operation()
+        operation.ParseFromString(row.operation)
+        if row.receipt and operation.WhichOneof("details") == "purchase":
+            operation.purchase.receipt.ParseFromString(row.receipt)
+        return p.GetOperationResponse(operation=operation)
+
+    async def list_operations(
+        self, where: store.OperationFilter, *, after: tuple[datetime, str] | None, page_size: int, with_receipts: bool
+    ) -> tuple[list[p.Operation], tuple[datetime, str] | None]:
+        async with self.pool.acquire() as connection:
+            rows = await store.list_operations(connection, where, after=after, limit=page_size + 1)
+        operations = []
+        for operation_bytes, receipt_bytes, _ in rows[:page_size]:
+            operation = p.Operation()
+            operation.ParseFromString(operation_bytes)
+            if with_receipts and receipt_bytes and operation.WhichOneof("details") == "purchase":
+                operation.purchase.receipt.ParseFromString(receipt_bytes)
+            operations.append(operation)
+        cursor = None
+        if len(rows) > page_size:
+            last = operations[-1]
+            cursor = (rows[page_size - 1][2], last.operation_id)
+        return operations, cursor
+
+    async def _member_balances(self, operation: p.Operation) -> list[wallet_pb2.AccountBalanceView]:
+        """The member's balances when the operation moved nothing (e.g. a receipt that earns 0)."""
+        settings = await self.context.settings()
+        return await self.downstream.member_balances(program_id=settings.program_id, member_id=operation.member_id)
+
+    async def _finish_refused(self, row: store.OperationRow, operation: p.Operation, refusal: DomainError) -> NoReturn:
+        operation.state = p.OPERATION_STATE_REJECTED
+        operation.rejection_reason = reason_value(refusal.reason)
+        operation.rejection_message = refusal.message
+        async with self.pool.acquire() as connection:
+            await store.update(
+                connection,
+                row.operation_id,
+                state=OperationState.REJECTED,
+                operation=operation.SerializeToString(),
+                response=json.dumps({"metadata": dict(refusal.metadata)}).encode(),
+            )
+        raise refusal
+
+
+def _state_value(state: OperationState) -> p.OperationState.ValueType:
+    return p.OperationState.Value(f"OPERATION_STATE_{state.name}")
+
+
+def _with_target(transfers: Sequence[PlannedTransfer], target: OperationState) -> store.Plan:
+    return store.Plan(target=target, transfers=tuple(transfers))
+
+
+def _stored_refusal(row: store.OperationRow) -> DomainError:
+    operation = p.Operation()
+    operation.ParseFromString(row.operation)
+    metadata = json.loads(row.response or b"{}").get("metadata", {}) if row.response else {}
+    return DomainError(reason_of(operation.rejection_reason), operation.rejection_message, metadata=metadata)
+
+
+def _operation_base(
+    *, operation_id: str, terminal: Any, request: Any, receipt_id: str, now: datetime, type_: OperationType
+) -> p.Operation:
+    operation = p.Operation(
+        operation_id=operation_id,
+        type=p.OperationType.Value(f"OPERATION_TYPE_{type_.name}"),
+        state=p.OPERATION_STATE_PROCESSING,
+        terminal_id=terminal.terminal_id,
+        outlet_id=terminal.outlet_id,
+        partner_id=terminal.partner_id,
+        cashier_id=getattr(request, "cashier_id", ""),
+        receipt_id=receipt_id,
+        fiscal_document_number=getattr(request, "fiscal_document_number", ""),
+        idempotency_key=request.idempotency_key.key,
+    )
+    operation.effective_time.FromDatetime(now)
+    operation.create_time.FromDatetime(now)
+    operation.update_time.FromDatetime(now)
+    return operation
+
+
+def _redemption_request(request: Any, settings: Any) -> rules.RedemptionRequest:
+    points = request.redeem_points.amount_minor if request.HasField("redeem_points") else 0
+    return rules.RedemptionRequest(points=points, maximum=request.redeem_maximum)
+
+
+def _authorization_ttl_s(request: Any, settings: Any) -> int:
+    if request.HasField("authorization_ttl"):
+        return max(1, int(request.authorization_ttl.ToTimedelta().total_seconds()))
+    return max(1, int(settings.authorization_ttl.total_seconds()))
+
+
+def _card_status(state: int) -> p.MemberCardStatus.ValueType:
+    if state == cards_pb2.Card.STATE_ACTIVE:
+        return p.MEMBER_CARD_STATUS_ACTIVE
+    if state == cards_pb2.Card.STATE_BLOCKED:
+        return p.MEMBER_CARD_STATUS_BLOCKED
+    if state == cards_pb2.Card.STATE_EXPIRED:
+        return p.MEMBER_CARD_STATUS_EXPIRED
+    return p.MEMBER_CARD_STATUS_NOT_ACTIVE
+
+
+def _to_wallet(transfer: PlannedTransfer, row: store.OperationRow, *, linked: bool) -> wallet_pb2.Transfer:
+    message = wallet_pb2.Transfer(
+        transfer_id=transfer.transfer_id,
+        debit_account_id=transfer.debit_account_id,
+        credit_account_id=transfer.credit_account_id,
+        amount_minor=transfer.amount,
+        pending_transfer_id=transfer.pending_transfer_id,
+        timeout_s=transfer.timeout_s,
+        flags=wallet_pb2.TransferFlags(
+            pending=transfer.pending,
+            post_pending=transfer.post_pending,
+            void_pending=transfer.void_pending,
+            linked=linked,
+            imported=transfer.imported_time is not None,
+            allow_debt=transfer.allow_debt,
+        ),
+        reverses_transfer_id=transfer.reverses_transfer_id,
+    )
+    if transfer.reason:
+        message.reason = wallet_pb2.TransferReason.Value(f"TRANSFER_REASON_{transfer.reason}")
+    if not (transfer.post_pending or transfer.void_pending):
+        message.reference.CopyFrom(
+            wallet_pb2.TransferReference(
+                operation_id=row.operation_id,
+                terminal_id=row.terminal_id,
+                receipt_id=row.receipt_id,
+                partner_id=row.partner_id,
+            )
+        )
+    if transfer.imported_time is not None:
+        message.imported_time.FromDatetime(transfer.imported_time)
+    if transfer.reason in ("ACCRUAL",) and not transfer.post_pending:
+        terms = wallet_pb2.LotTerms(no_expiry=transfer.no_expiry)
+        if transfer.activation_time is not None:
+            terms.activation_time.FromDatetime(transfer.activation_time)
+        if transfer.expiry_time is not None:
+            terms.expiry_time.FromDatetime(transfer.expiry_time)
+        message.lot_terms.CopyFrom(terms)
+    return message
+
+
+def _events(
+    operation: p.Operation, balances: Sequence[types_pb2.AccountBalance], target: OperationState
+) -> list[store.Event]:
+    if target is not OperationState.CAPTURED or not operation.member_id:
+        return []
+    calculation = operation.purchase.calculation
+    available = sum(b.available.amount_minor for b in balances if not b.currency_code)
+    common = {
+        "operation_id": operation.operation_id,
+        "member_id": operation.member_id,
+        "receipt_id": operation.receipt_id,
+        "outlet_id": operation.outlet_id,
+        "operation_time": operation.effective_time.ToDatetime().isoformat() + "Z",
+        "balance": available,
+    }
+    events = []
+    if calculation.accrual.amount_minor > 0:
+        pending_until = max((part.activation_time.ToDatetime() for part in calculation.accrual_parts), default=None)
+        data = {
+            **common,
+            "points": calculation.accrual.amount_minor,
+            "pending_until": pending_until.isoformat() + "Z" if pending_until else "",
+        }
+        events.append(_event("points.accrued", operation.member_id, data))
+    if calculation.redemption.amount_minor > 0:
+        events.append(
+            _event("points.redeemed", operation.member_id, {**common, "points": calculation.redemption.amount_minor})
+        )
+    return events
+
+
+def _event(event_type: str, member_id: str, data: dict[str, Any]) -> store.Event:
+    payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    return store.Event(event_type=event_type, partition_key=member_id, payload=payload, event_id=uuid.uuid4())
+
+
+def _stats_change(operation: p.Operation, row: store.OperationRow, zone: ZoneInfo) -> store.StatsChange:
+    calculation = operation.purchase.calculation
+    receipt = types_pb2.Receipt()
+    if row.receipt:
+        receipt.ParseFromString(row.receipt)
+    local_day = operation.effective_time.ToDatetime(tzinfo=zone).date()
+    return store.StatsChange(
+        member_id=operation.member_id,
+        purchases=1,
+        app_purchases=1 if receipt.channel == types_pb2.SALES_CHANNEL_APP else 0,
+        rule_ids=[rule.rule_id for rule in calculation.applied_rules],
+        day=local_day,
+        spend=receipt.total.amount_minor - calculation.redemption_value.amount_minor,
+    )
+
+
+def _check_subset(final: types_pb2.Receipt, original: types_pb2.Receipt) -> None:
+    """A final receipt may only drop lines or lower quantities and amounts (processing.proto)."""
+    violations = []
+    if final.receipt_id != original.receipt_id:
+        violations.append(FieldViolation("final_receipt.receipt_id", "must be the authorized receipt's"))
+    authorized = {line.position: line for line in original.lines}
+    for index, line in enumerate(final.lines):
+        was = authorized.get(line.position)
+        if was is None:
+            violations.append(FieldViolation(f"final_receipt.lines[{index}].position", "was not authorized"))
+        elif line.quantity_milli > was.quantity_milli or line.amount.amount_minor > was.amount.amount_minor:
+            violations.append(FieldViolation(f"final_receipt.lines[{index}]", "more than authorized"))
+    if violations:
+        raise invalid_argument(violations)

@@ -1,0 +1,413 @@
+"""SQL of operations and member statistics. Takes connections; raises no gRPC errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from typing import Any
+
+from services.processing.domain.operations import Leg, OperationState, OperationType, PlannedTransfer, Posting
+from shared.db import Connection
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The saga's next step: the transfers to send, and the state the operation takes after."""
+
+    target: OperationState
+    transfers: tuple[PlannedTransfer, ...] = ()
+
+
+NO_PLAN = Plan(OperationState.PROCESSING)
+
+
+@dataclass(frozen=True)
+class OperationRow:
+    operation_id: str
+    type: OperationType
+    state: OperationState
+    terminal_id: str
+    partner_id: str
+    member_id: str
+    receipt_id: str
+    idempotency_key: str
+    request_hash: bytes
+    method: str
+    lease_until: datetime | None
+    expire_time: datetime | None
+    operation: bytes
+    receipt: bytes | None
+    plan: Plan
+    postings: list[Posting]
+    refunded: dict[int, dict[str, int]]
+    response: bytes | None
+    resolution_key: str | None
+    now: datetime
+
+
+@dataclass(frozen=True)
+class NewOperation:
+    operation_id: str
+    type: OperationType
+    state: OperationState
+    terminal_id: str
+    outlet_id: str
+    partner_id: str
+    member_id: str
+    receipt_id: str
+    idempotency_key: str
+    request_hash: bytes
+    method: str
+    offline: bool
+    original_operation_id: str | None
+    effective_time: datetime
+    lease_s: float
+    expire_time: datetime | None
+    operation: bytes
+    receipt: bytes | None
+    plan: Plan
+    postings: Sequence[Posting]
+    response: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StatsChange:
+    """What a captured purchase (or a refund) changes in the member's statistics."""
+
+    member_id: str
+    purchases: int = 0
+    app_purchases: int = 0
+    rule_ids: Sequence[str] = ()
+    day: date | None = None
+    spend: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    event_type: str
+    partition_key: str
+    payload: bytes
+    event_id: Any  # uuid.UUID
+
+
+COLUMNS = """operation_id, type, state, terminal_id, partner_id, member_id, receipt_id, idempotency_key,
+    request_hash, method, lease_until, expire_time, operation, receipt, plan, postings, refunded, response,
+    resolution_key, now() AS now"""
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dump_plan(plan: Plan) -> str:
+    transfers = [asdict(t) for t in plan.transfers]
+    return json.dumps({"target": int(plan.target), "transfers": transfers}, default=_json_default)
+
+
+def load_plan(text: str) -> Plan:
+    document = json.loads(text)
+    if not document:
+        return NO_PLAN
+    transfers = []
+    for item in document["transfers"]:
+        for name in ("imported_time", "activation_time", "expiry_time"):
+            if item.get(name):
+                item[name] = datetime.fromisoformat(item[name])
+        transfers.append(PlannedTransfer(**item))
+    return Plan(OperationState(document["target"]), tuple(transfers))
+
+
+def dump_postings(postings: Sequence[Posting]) -> str:
+    return json.dumps([{**asdict(p), "leg": int(p.leg)} for p in postings])
+
+
+def load_postings(text: str) -> list[Posting]:
+    return [Posting(**{**item, "leg": Leg(item["leg"])}) for item in json.loads(text)]
+
+
+def _row(record: Mapping[str, Any]) -> OperationRow:
+    return OperationRow(
+        operation_id=record["operation_id"],
+        type=OperationType(record["type"]),
+        state=OperationState(record["state"]),
+        terminal_id=record["terminal_id"],
+        partner_id=record["partner_id"],
+        member_id=record["member_id"],
+        receipt_id=record["receipt_id"],
+        idempotency_key=record["idempotency_key"],
+        request_hash=bytes(record["request_hash"]),
+        method=record["method"],
+        lease_until=record["lease_until"],
+        expire_time=record["expire_time"],
+        operation=bytes(record["operation"]),
+        receipt=bytes(record["receipt"]) if record["receipt"] is not None else None,
+        plan=load_plan(record["plan"]),
+        postings=load_postings(record["postings"]),
+        refunded={int(k): v for k, v in json.loads(record["refunded"]).items()},
+        response=bytes(record["response"]) if record["response"] is not None else None,
+        resolution_key=record["resolution_key"],
+        now=record["now"],
+    )
+
+
+async def find_by_key(connection: Connection, *, terminal_id: str, key: str) -> OperationRow | None:
+    record = await connection.fetchrow(
+        f"SELECT {COLUMNS} FROM operations WHERE terminal_id = $1 AND idempotency_key = $2", terminal_id, key
+    )
+    return _row(record) if record else None
+
+
+async def find(connection: Connection, operation_id: str, *, for_update: bool = False) -> OperationRow | None:
+    lock = " FOR UPDATE" if for_update else ""
+    record = await connection.fetchrow(f"SELECT {COLUMNS} FROM operations WHERE operation_id = $1{lock}", operation_id)
+    return _row(record) if record else None
+
+
+async def find_purchase_by_receipt(connection: Connection, *, terminal_id: str, receipt_id: str) -> OperationRow | None:
+    """The receipt's live purchase, or else its latest one."""
+    record = await connection.fetchrow(
+        f"""SELECT {COLUMNS} FROM operations WHERE terminal_id = $1 AND receipt_id = $2 AND type = 1
+            ORDER BY (state IN (1, 2, 3, 6, 7)) DESC, create_time DESC LIMIT 1""",
+        terminal_id,
+        receipt_id,
+    )
+    return _row(record) if record else None
+
+
+async def insert(connection: Connection, new: NewOperation) -> bool:
+    """Record a new operation; False when its key or (for a live purchase) its receipt is taken."""
+    inserted = await connection.fetchval(
+        """INSERT INTO operations (operation_id, type, state, terminal_id, outlet_id, partner_id, member_id,
+               receipt_id, idempotency_key, request_hash, method, offline, original_operation_id, effective_time,
+               lease_until, expire_time, operation, receipt, plan, postings, response)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                   CASE WHEN $15::float8 > 0 THEN now() + make_interval(secs => $15::float8) END,
+                   $16, $17, $18, $19, $20, $21)
+           ON CONFLICT DO NOTHING RETURNING true""",
+        new.operation_id,
+        int(new.type),
+        int(new.state),
+        new.terminal_id,
+        new.outlet_id,
+        new.partner_id,
+        new.member_id,
+        new.receipt_id,
+        new.idempotency_key,
+        new.request_hash,
+        new.method,
+        new.offline,
+        new.original_operation_id,
+        new.effective_time,
+        new.lease_s,
+        new.expire_time,
+        new.operation,
+        new.receipt,
+        dump_plan(new.plan),
+        dump_postings(new.postings),
+        new.response,
+    )
+    return bool(inserted)
+
+
+async def claim(connection: Connection, operation_id: str, *, lease_s: float) -> OperationRow | None:
+    """Take over a PROCESSING operation whose lease ran out (its driver died or gave up)."""
+    record = await connection.fetchrow(
+        f"""UPDATE operations SET lease_until = now() + make_interval(secs => $2::float8)
+            WHERE operation_id = $1 AND state = 1 AND (lease_until IS NULL OR lease_until < now())
+            RETURNING {COLUMNS}""",
+        operation_id,
+        lease_s,
+    )
+    return _row(record) if record else None
+
+
+async def update(
+    connection: Connection,
+    operation_id: str,
+    *,
+    state: OperationState,
+    operation: bytes,
+    plan: Plan = NO_PLAN,
+    postings: Sequence[Posting] | None = None,
+    receipt: bytes | None = None,
+    response: bytes | None = None,
+    refunded: Mapping[int, Mapping[str, int]] | None = None,
+    expire_time: datetime | None = None,
+    lease_s: float = 0.0,
+    resolution_key: str | None = None,
+) -> None:
+    await connection.execute(
+        """UPDATE operations SET state = $2, operation = $3, plan = $4,
+               postings = COALESCE($5, postings), receipt = COALESCE($6, receipt),
+               response = COALESCE(response, $7), refunded = COALESCE($8, refunded),
+               expire_time = $9, update_time = now(),
+               lease_until = CASE WHEN $10::float8 > 0 THEN now() + make_interval(secs => $10::float8) END,
+               resolution_key = COALESCE($11, resolution_key)
+           WHERE operation_id = $1""",
+        operation_id,
+        int(state),
+        operation,
+        dump_plan(plan),
+        dump_postings(postings) if postings is not None else None,
+        receipt,
+        response,
+        json.dumps({str(k): dict(v) for k, v in refunded.items()}) if refunded is not None else None,
+        expire_time,
+        lease_s,
+        resolution_key,
+    )
+
+
+async def record_stats(connection: Connection, change: StatsChange) -> None:
+    uses = json.dumps({rule_id: 1 for rule_id in change.rule_ids})
+    await connection.execute(
+        """INSERT INTO member_stats AS s (member_id, purchase_count, app_purchase_count, rule_uses)
+           VALUES ($1, $2, $3, $4::jsonb)
+           ON CONFLICT (member_id) DO UPDATE SET
+               purchase_count = s.purchase_count + EXCLUDED.purchase_count,
+               app_purchase_count = s.app_purchase_count + EXCLUDED.app_purchase_count,
+               rule_uses = (SELECT COALESCE(jsonb_object_agg(key, to_jsonb(total)), '{}'::jsonb) FROM (
+                   SELECT key, sum(value::bigint) AS total FROM (
+                       SELECT * FROM jsonb_each_text(s.rule_uses)
+                       UNION ALL SELECT * FROM jsonb_each_text(EXCLUDED.rule_uses)) AS both_sides
+                   GROUP BY key) AS totals)""",
+        change.member_id,
+        change.purchases,
+        change.app_purchases,
+        uses,
+    )
+    if change.day is not None and change.spend:
+        await connection.execute(
+            """INSERT INTO member_daily_spend AS d (member_id, day, amount) VALUES ($1, $2, $3)
+               ON CONFLICT (member_id, day) DO UPDATE SET amount = d.amount + EXCLUDED.amount""",
+            change.member_id,
+            change.day,
+            change.spend,
+        )
+
+
+async def add_events(connection: Connection, events: Sequence[Event]) -> None:
+    if events:
+        await connection.executemany(
+            "INSERT INTO outbox (event_id, event_type, partition_key, payload) VALUES ($1, $2, $3, $4)",
+            [(e.event_id, e.event_type, e.partition_key, e.payload) for e in events],
+        )
+
+
+@dataclass(frozen=True)
+class MemberHistory:
+    purchase_count: int
+    app_purchase_count: int
+    rule_uses: dict[str, int]
+    spend_by_window: dict[tuple[date, date], int]
+
+
+async def member_history(connection: Connection, member_id: str, windows: Sequence[tuple[date, date]]) -> MemberHistory:
+    record = await connection.fetchrow(
+        """SELECT s.purchase_count, s.app_purchase_count, s.rule_uses,
+               (SELECT COALESCE(array_agg(COALESCE((SELECT sum(amount) FROM member_daily_spend d
+                    WHERE d.member_id = $1 AND d.day BETWEEN w.first_day AND w.last_day), 0)
+                    ORDER BY w.ord), '{}')
+                FROM unnest($2::date[], $3::date[]) WITH ORDINALITY AS w(first_day, last_day, ord)) AS spends
+           FROM (SELECT 1) AS one LEFT JOIN member_stats s ON s.member_id = $1""",
+        member_id,
+        [w[0] for w in windows],
+        [w[1] for w in windows],
+    )
+    spends = record["spends"] if record else []
+    return MemberHistory(
+        purchase_count=record["purchase_count"] or 0 if record else 0,
+        app_purchase_count=record["app_purchase_count"] or 0 if record else 0,
+        rule_uses={k: int(v) for k, v in json.loads(record["rule_uses"] or "{}").items()} if record else {},
+        spend_by_window={window: int(spend) for window, spend in zip(windows, spends, strict=True)},
+    )
+
+
+async def unfinished(connection: Connection, *, limit: int) -> list[str]:
+    """PROCESSING operations nobody drives any more (lease run out)."""
+    rows = await connection.fetch(
+        "SELECT operation_id FROM operations WHERE state = 1 AND (lease_until IS NULL OR lease_until < now())"
+        " ORDER BY lease_until NULLS FIRST LIMIT $1",
+        limit,
+    )
+    return [row["operation_id"] for row in rows]
+
+
+async def expired_authorizations(connection: Connection, *, limit: int) -> list[str]:
+    rows = await connection.fetch(
+        "SELECT operation_id FROM operations WHERE state = 2 AND expire_time < now() ORDER BY expire_time LIMIT $1",
+        limit,
+    )
+    return [row["operation_id"] for row in rows]
+
+
+@dataclass(frozen=True)
+class OperationFilter:
+    terminal_id: str = ""
+    outlet_id: str = ""
+    partner_id: str = ""
+    member_id: str = ""
+    receipt_id: str = ""
+    types: Sequence[int] = ()
+    states: Sequence[int] = ()
+    offline_only: bool = False
+    effective_from: datetime | None = None
+    effective_to: datetime | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+
+async def list_operations(
+    connection: Connection, where: OperationFilter, *, after: tuple[datetime, str] | None, limit: int
+) -> list[tuple[bytes, bytes | None, datetime]]:
+    """(operation, receipt, create_time) oldest first, after the cursor."""
+    rows = await connection.fetch(
+        """SELECT operation, receipt, create_time, operation_id FROM operations
+           WHERE ($1 = '' OR terminal_id = $1) AND ($2 = '' OR outlet_id = $2) AND ($3 = '' OR partner_id = $3)
+             AND ($4 = '' OR member_id = $4) AND ($5 = '' OR receipt_id = $5)
+             AND (cardinality($6::smallint[]) = 0 OR type = ANY($6))
+             AND (cardinality($7::smallint[]) = 0 OR state = ANY($7))
+             AND (NOT $8 OR offline)
+             AND ($9::timestamptz IS NULL OR effective_time >= $9)
+             AND ($10::timestamptz IS NULL OR effective_time < $10)
+             AND ($11::timestamptz IS NULL OR create_time >= $11) AND ($12::timestamptz IS NULL OR create_time < $12)
+             AND ($13::timestamptz IS NULL OR (create_time, operation_id) > ($13, $14))
+           ORDER BY create_time, operation_id LIMIT $15""",
+        where.terminal_id,
+        where.outlet_id,
+        where.partner_id,
+        where.member_id,
+        where.receipt_id,
+        list(where.types),
+        list(where.states),
+        where.offline_only,
+        where.effective_from,
+        where.effective_to,
+        where.created_from,
+        where.created_to,
+        after[0] if after else None,
+        after[1] if after else "",
+        limit,
+    )
+    return [(bytes(r["operation"]), bytes(r["receipt"]) if r["receipt"] else None, r["create_time"]) for r in rows]
+
+
+async def early_cancel(connection: Connection, *, terminal_id: str, receipt_id: str) -> str | None:
+    return await connection.fetchval(  # type: ignore[no-any-return]
+        "SELECT operation_id FROM early_cancels WHERE terminal_id = $1 AND receipt_id = $2", terminal_id, receipt_id
+    )
+
+
+async def remember_early_cancel(
+    connection: Connection, *, terminal_id: str, receipt_id: str, operation_id: str
+) -> None:
+    await connection.execute(
+        "INSERT INTO early_cancels (terminal_id, receipt_id, operation_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        terminal_id,
+        receipt_id,
+        operation_id,
+    )
