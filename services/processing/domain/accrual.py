@@ -82,6 +82,8 @@ from .ruleset import (
 )
 
 SKIPPED_RULES_MAX = 50
+# RuleAccrual(rule_id, points) without the NamedTuple's Python-level __new__ (one per line and rule).
+_new_tuple = tuple.__new__
 SLIP_LINE_MAX = 64
 
 
@@ -109,6 +111,7 @@ class _Exact:
     denominator: int
     rate_bp: int
     description: str  # what was earned on what: "5% of 1200.00 RUB"
+    base_amount: int  # the accrual base of the lines it applies to
     detail: str = ""  # how the rate was found: "tier 2 of 3 (cumulative spend this month ...)"
 
 
@@ -194,6 +197,9 @@ class _Accrual:
         }
         if any(value < 0 for value in self.base.values()):
             raise ValueError("a line's redemption value exceeds its amount")
+        self.earning_lines = [line for line in receipt.lines if not line.accrual_excluded]
+        self.earning_amount = sum(self.base[line.position] for line in self.earning_lines)
+        self.lot_times: dict[int, tuple[datetime, datetime | None]] = {}
         self.point_value = rule_set.redemption.point_value
         self._facts: ConditionFacts | None = None
         self.exclusive_owner: dict[int, EarningRule] = {}
@@ -225,23 +231,27 @@ class _Accrual:
         target = rule.target
         if not self.targets_receipt(target):
             return None
-        matching = [line for line in self.receipt.lines if _line_matches(target, line)]
-        if not matching:
-            return None
+        filters_lines = bool(target.skus or target.category_ids or target.excluded_skus or target.excluded_category_ids)
+        if filters_lines:
+            matching: Sequence[ReceiptLine] = [line for line in self.receipt.lines if _line_matches(target, line)]
+            if not matching:
+                return None
+        else:
+            matching = self.receipt.lines
         if target.member_segments:
             if self.member is None:
                 segments = ", ".join(sorted(target.member_segments))
                 return _Skip(RuleSkipReason.MEMBER_REQUIRED, f"targets member segments {segments}")
             if not self.member.segments & target.member_segments:
                 return None
-        eligible = [line for line in matching if not line.accrual_excluded]
+        eligible = [line for line in matching if not line.accrual_excluded] if filters_lines else self.earning_lines
         if not eligible:
             positions = format_positions([line.position for line in matching])
             return _Skip(RuleSkipReason.LINES_EXCLUDED, f"its lines ({positions}) are excluded from accrual")
         skip = self.member_checks(rule)
         if skip is not None:
             return skip
-        eligible_amount = sum(self.base[line.position] for line in eligible)
+        eligible_amount = sum(self.base[line.position] for line in eligible) if filters_lines else self.earning_amount
         if rule.min_eligible_amount is not None and eligible_amount < rule.min_eligible_amount:
             return _Skip(
                 RuleSkipReason.MIN_AMOUNT_NOT_REACHED,
@@ -298,9 +308,11 @@ class _Accrual:
         self, rule: EarningRule, eligible: Sequence[ReceiptLine]
     ) -> tuple[list[ReceiptLine], dict[int, tuple[RuleSkipReason, EarningRule]]]:
         """The lines no earlier rule took from this one, and who took the others."""
-        candidates: list[ReceiptLine] = []
         taken: dict[int, tuple[RuleSkipReason, EarningRule]] = {}
         group = rule.exclusivity_group
+        if not self.exclusive_owner and not (group and self.group_owner):
+            return list(eligible), taken
+        candidates: list[ReceiptLine] = []
         for line in eligible:
             owner = self.exclusive_owner.get(line.position)
             if owner is not None:
@@ -328,27 +340,30 @@ class _Accrual:
     def exact_points(self, rule: EarningRule, lines: Sequence[ReceiptLine], eligible_amount: int) -> _Exact | _Skip:
         reward = rule.reward
         p, m = self.point_value.points, self.point_value.money
+        base = self.base
+        bases = [base[line.position] for line in lines]
+        base_amount = sum(bases)
         if isinstance(reward, PercentReward):
-            numerators = [self.base[line.position] * reward.rate_bp * p for line in lines]
-            base = sum(self.base[line.position] for line in lines)
-            return _Exact(numerators, BP * m, reward.rate_bp, f"{format_rate(reward.rate_bp)} of {self.money(base)}")
+            factor = reward.rate_bp * p
+            text = f"{format_rate(reward.rate_bp)} of {self.money(base_amount)}"
+            return _Exact([b * factor for b in bases], BP * m, reward.rate_bp, text, base_amount)
         if isinstance(reward, FixedReward):
             amounts = [line.amount for line in lines]
             if sum(amounts) == 0:
                 amounts = [1] * len(lines)
             numerators = [reward.points * amount for amount in amounts]
-            return _Exact(numerators, sum(amounts), 0, f"{self.points_text(reward.points)} per receipt")
+            return _Exact(numerators, sum(amounts), 0, f"{self.points_text(reward.points)} per receipt", base_amount)
         if isinstance(reward, PerItemReward):
             units = [line.quantity_milli // 1000 for line in lines]
-            if sum(units) == 0:
-                return _Skip(RuleSkipReason.MIN_AMOUNT_NOT_REACHED, "no whole unit bought on its lines")
             count = sum(units)
+            if count == 0:
+                return _Skip(RuleSkipReason.MIN_AMOUNT_NOT_REACHED, "no whole unit bought on its lines")
             text = f"{self.points_text(reward.points_per_unit)} per unit on {count} unit{'s' if count != 1 else ''}"
-            return _Exact([reward.points_per_unit * u for u in units], 1, 0, text)
-        return self.progressive(rule, reward, lines, eligible_amount)
+            return _Exact([reward.points_per_unit * u for u in units], 1, 0, text, base_amount)
+        return self.progressive(rule, reward, bases, eligible_amount)
 
     def progressive(
-        self, rule: EarningRule, reward: ProgressiveReward, lines: Sequence[ReceiptLine], spend: int
+        self, rule: EarningRule, reward: ProgressiveReward, bases: Sequence[int], spend: int
     ) -> _Exact | _Skip:
         prior, period_text = 0, ""
         if reward.basis is ProgressiveBasis.CUMULATIVE:
@@ -370,19 +385,20 @@ class _Accrual:
             )
         tier_text = f"tier {reached} of {len(thresholds)}"
         p, m = self.point_value.points, self.point_value.money
-        bases = [self.base[line.position] for line in lines]
-        base_text = self.money(sum(bases))
+        base_amount = sum(bases)
+        base_text = self.money(base_amount)
         detail = tier_text + (f" ({period_text})" if period_text else "")
         if reward.method is ProgressiveMethod.WHOLE_AMOUNT:
             rate = reward.tiers[reached - 1].rate_bp
-            return _Exact([b * rate * p for b in bases], BP * m, rate, f"{format_rate(rate)} of {base_text}", detail)
+            text = f"{format_rate(rate)} of {base_text}"
+            return _Exact([b * rate * p for b in bases], BP * m, rate, text, base_amount, detail)
         weighted = _marginal(reward, low=prior, high=total)  # bp * money over the slices
         if spend == 0:
-            return _Exact([0] * len(lines), 1, 0, "")
+            return _Exact([0] * len(bases), 1, 0, "", base_amount)
         average = weighted // spend
         description = f"{format_rate(average)} on average of {base_text}"
         detail = f"marginal rates up to {detail}"
-        return _Exact([b * weighted * p for b in bases], spend * BP * m, average, description, detail)
+        return _Exact([b * weighted * p for b in bases], spend * BP * m, average, description, base_amount, detail)
 
     def award(
         self,
@@ -400,19 +416,25 @@ class _Accrual:
             return _Skip(RuleSkipReason.MIN_AMOUNT_NOT_REACHED, f"{what} earns less than one point")
         shares = distribute(total, exact.numerators)
         positions: list[int] = []
+        line_rules = self.line_rules
+        rule_id = rule.rule_id
         for line, share in zip(lines, shares, strict=True):
-            if share == 0:
-                continue
-            positions.append(line.position)
-            self.line_rules[line.position].append(RuleAccrual(rule.rule_id, share))
-            if rule.stacking is StackingMode.EXCLUSIVE:
-                self.exclusive_owner[line.position] = rule
-            if rule.exclusivity_group:
-                self.group_owner[(rule.exclusivity_group, line.position)] = rule
+            if share:
+                positions.append(line.position)
+                line_rules[line.position].append(_new_tuple(RuleAccrual, (rule_id, share)))
+        if rule.stacking is StackingMode.EXCLUSIVE:
+            for position in positions:
+                self.exclusive_owner[position] = rule
+        if rule.exclusivity_group:
+            for position in positions:
+                self.group_owner[(rule.exclusivity_group, position)] = rule
         if rule.slip_text:
             self.slips.append(rule.slip_text[:SLIP_LINE_MAX])
         lifetime = rule.lifetime or self.rule_set.accrual.lifetime
-        activation, expiry = lot_times(lifetime, at=self.at, zone_name=self.rule_set.time_zone)
+        times = self.lot_times.get(id(lifetime))
+        if times is None:
+            times = self.lot_times[id(lifetime)] = lot_times(lifetime, at=self.at, zone_name=self.rule_set.time_zone)
+        activation, expiry = times
         self.applied.append(
             AppliedRule(
                 rule_id=rule.rule_id,
@@ -421,7 +443,7 @@ class _Accrual:
                 campaign_id=rule.campaign_id,
                 reward_type=rule.reward_type,
                 points=total,
-                base_amount=sum(self.base[line.position] for line in lines),
+                base_amount=exact.base_amount,
                 rate_bp=exact.rate_bp,
                 positions=tuple(positions),
                 explanation=self.explanation(rule, exact, positions, capped, taken),

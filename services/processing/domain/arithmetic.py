@@ -39,22 +39,20 @@ def round_ratio(numerator: int, denominator: int, mode: RoundingMode) -> int:
 
 def distribute(total: int, weights: Sequence[int]) -> list[int]:
     """Splits `total` (>= 0) over `weights` (>= 0, not all 0 unless total is 0) by largest remainder."""
-    if total < 0 or any(w < 0 for w in weights):
-        raise ValueError("distribute needs a non-negative total and weights")
     weight_sum = sum(weights)
+    if total < 0 or min(weights, default=0) < 0:
+        raise ValueError("distribute needs a non-negative total and weights")
     if weight_sum == 0:
         if total != 0:
             raise ValueError("cannot distribute a positive total over zero weights")
         return [0] * len(weights)
-    parts: list[int] = []
-    remainders: list[tuple[int, int]] = []
-    for index, weight in enumerate(weights):
-        part, remainder = divmod(total * weight, weight_sum)
-        parts.append(part)
-        remainders.append((-remainder, index))
+    products = [total * weight for weight in weights]
+    parts = [product // weight_sum for product in products]
     missing = total - sum(parts)
     if missing:
-        for _, index in sorted(remainders)[:missing]:
+        remainders = [product % weight_sum for product in products]
+        # sorted() is stable, also with reverse=True: equal remainders keep receipt order.
+        for index in sorted(range(len(parts)), key=remainders.__getitem__, reverse=True)[:missing]:
             parts[index] += 1
     return parts
 

@@ -284,6 +284,8 @@ class CompiledCondition:
                 result = self._fn(env)
             except _CelError as error:
                 raise ConditionEvaluationError(str(error)) from None
+            except RecursionError:
+                raise ConditionEvaluationError("the condition is nested too deeply") from None
             if not isinstance(result, bool):  # the checker guarantees bool; kept under -O
                 raise ConditionEvaluationError(f"the condition gave {result!r}, not a bool")
             return result
@@ -323,12 +325,16 @@ def compile_condition(text: str) -> CompiledCondition:
     try:
         tree = _ENVIRONMENT.compile(text)
     except CELParseError as error:
-        first = str(error.args[0]).strip().splitlines()[0] if error.args else "syntax error"
-        raise ConditionError(f"syntax error: {first}", line=error.line, column=error.column) from None
+        raise ConditionError(_syntax_message(error), line=error.line, column=error.column) from None
     except lark.exceptions.LarkError as error:
         raise ConditionError(f"syntax error: {error}") from None
+    except RecursionError:
+        raise ConditionError("the condition is nested too deeply") from None
     translator = _Translator()
-    node = translator.visit(tree, {})
+    try:
+        node = translator.visit(tree, {})
+    except RecursionError:
+        raise ConditionError("the condition is nested too deeply") from None
     if node.type not in (_BOOL, _DYN):
         raise ConditionError(f"the condition must be true or false, not a value of type {node.type}", line=1, column=1)
     program = _ENVIRONMENT.program(tree)
@@ -340,6 +346,17 @@ def compile_condition(text: str) -> CompiledCondition:
         _needs_copy=translator.binds_variables,
         _program=program,
     )
+
+
+def _syntax_message(error: CELParseError) -> str:
+    cause = error.__context__  # the parser's own exception
+    if isinstance(cause, lark.exceptions.UnexpectedToken):
+        if cause.token.type == "$END":
+            return "syntax error: the expression ends too early"
+        return f"syntax error: unexpected {cause.token.value!r}"
+    if isinstance(cause, lark.exceptions.UnexpectedCharacters):
+        return f"syntax error: unexpected character {cause.char!r}"
+    return "syntax error"
 
 
 # ---------------------------------------------------------------------------------------------

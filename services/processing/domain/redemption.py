@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from shared.errors import Reason
 
@@ -60,8 +61,7 @@ from .ruleset import (
 )
 
 
-@dataclass(frozen=True)
-class LineRedemption:
+class LineRedemption(NamedTuple):
     position: int
     excluded: bool
     max_redeemable: int
@@ -81,8 +81,7 @@ class RedemptionOutcome:
     lines: tuple[LineRedemption, ...]
 
 
-@dataclass(frozen=True)
-class _Eligibility:
+class _Eligibility(NamedTuple):
     excluded: bool
     members_only: bool
     money_cap: int

@@ -182,7 +182,7 @@ def calculate(
     lines = tuple(
         LineCalculation(
             position=line.position,
-            accrual=sum(item.points for item in earned.line_rules[line.position]),
+            accrual=_points_of(earned.line_rules[line.position]),
             accrual_by_rule=earned.line_rules[line.position],
             max_redeemable=paid_line.max_redeemable,
             redemption=paid_line.redemption,
@@ -195,7 +195,7 @@ def calculate(
     )
     return Calculation(
         rule_set_version=rule_set.version,
-        accrual=sum(line.accrual for line in lines),
+        accrual=sum(part.points for part in earned.parts),
         accrual_parts=earned.parts,
         max_redeemable=paid.max_redeemable,
         max_redeemable_limit=paid.limit,
@@ -210,6 +210,13 @@ def calculate(
         skipped_rules=earned.skipped,
         slip_lines=earned.slip_lines,
     )
+
+
+def _points_of(items: tuple[RuleAccrual, ...]) -> int:
+    total = 0
+    for item in items:
+        total += item.points
+    return total
 
 
 def validate_condition(text: str) -> str | None:

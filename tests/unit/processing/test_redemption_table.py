@@ -21,8 +21,9 @@ from services.processing.domain.rules import (
     RedeemableProducts,
     RedemptionLimit,
     RedemptionPolicy,
+    RedemptionRequest,
 )
-from shared.errors import Reason
+from shared.errors import DomainError, Reason
 from tests.unit.processing.builders import MEMBER, OUTLET, RUB_PER_POINT, line, outlet, receipt, rule_set, run
 
 ON = RedemptionPolicy(enabled=True, point_value=RUB_PER_POINT)
@@ -373,3 +374,14 @@ def test_line_flags_and_caps() -> None:
 def test_gated_receipts_report_zero_line_caps() -> None:
     calculation = run(rule_set(redemption=ON), HUNDRED, the_member=None, spendable=None)
     assert [item.max_redeemable for item in calculation.lines] == [0]
+
+
+@pytest.mark.parametrize(
+    ("points", "maximum", "fields"),
+    [(-1, False, {"redeem_points.amount_minor"}), (5, True, {"redeem_maximum"})],
+)
+def test_bad_requests_are_invalid_arguments(points: int, maximum: bool, fields: set[str]) -> None:
+    with pytest.raises(DomainError) as raised:
+        RedemptionRequest(points=points, maximum=maximum)
+    assert raised.value.reason is Reason.INVALID_ARGUMENT
+    assert {violation.field for violation in raised.value.violations} == fields
