@@ -39,9 +39,10 @@ from services.cards.domain.model import (
 )
 from services.cards.domain.resolution import Identifier, Lookup
 from services.cards.resolver import QrSettings, Resolved, Resolver
+from services.cards.resp import Endpoint, RespConnection
 from services.cards.settings import CardsSettings, load_settings
 from services.cards.wallet import Wallet, WalletSettings
-from shared import idempotency
+from shared import idempotency, outbox
 from shared.clients import create_channel
 from shared.config import grpc_target
 from shared.errors import DomainError, FieldViolation, invalid_argument
@@ -468,9 +469,9 @@ class CardsServicer(cards_pb2_grpc.CardsServiceServicer):
     ) -> cards_pb2.BindCardResponse:
         violations = check.key_and_actor(request)
         ref = check.card_ref(violations, request.card)
-        if not request.HasField("binding"):
+        binding = check.binding(violations, request.binding, field="binding") if request.HasField("binding") else None
+        if binding is None:
             violations.add("binding", "required")
-        binding = check.binding(violations, request.binding, field="binding")
         comment = check.comment(violations, request.comment, required=False)
         violations.raise_if_any()
         handout = usecases.Handout(
@@ -716,7 +717,7 @@ def _dependencies(runtime: Runtime) -> Dependencies:
             card_account_kind=settings.card_account_kind,
         ),
     )
-    generations = Generations(runtime.redis)
+    generations = Generations(runtime.redis, _fast_redis(runtime))
     resolver = Resolver(
         pool=runtime.pool,
         generations=generations,
@@ -727,24 +728,41 @@ def _dependencies(runtime: Runtime) -> Dependencies:
             refresh_margin_s=settings.qr_refresh_margin_s,
         ),
     )
-    background = asyncio.create_task(
-        worker.run(
-            runtime.pool,
-            wallet,
-            generations,
-            worker.WorkerSettings(interval_s=settings.work_interval_s, pending_grace_s=settings.pending_grace_s),
+    background = [
+        asyncio.create_task(
+            worker.run(
+                runtime.pool,
+                wallet,
+                generations,
+                worker.WorkerSettings(interval_s=settings.work_interval_s, pending_grace_s=settings.pending_grace_s),
+            ),
+            name="cards-worker",
         ),
-        name="cards-worker",
-    )
+        asyncio.create_task(
+            outbox.run_relay(runtime.pool, runtime.redis, source="cards", interval_s=settings.outbox_interval_s),
+            name="cards-outbox-relay",
+        ),
+    ]
 
     async def stop() -> None:
-        background.cancel()
-        await asyncio.gather(background, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await generations.close()
         await channel.close()
 
     runtime.shutdown_hooks.append(stop)
     return Dependencies(settings, wallet, generations, resolver)
+
+
+def _fast_redis(runtime: Runtime) -> RespConnection | None:
+    """A plain connection for Resolve's token reads, on the same Redis as the runtime's client
+    (None with TLS, which it does not speak: redis-py then serves those reads too)."""
+    pool = runtime.redis.connection_pool
+    if "ssl" in pool.connection_class.__name__.lower():
+        return None
+    endpoint = Endpoint.from_kwargs(pool.connection_kwargs, timeout_s=runtime.config.dependency_timeout_s)
+    return RespConnection(endpoint)
 
 
 def register(server: aio.Server, runtime: Runtime) -> Sequence[ServiceDescriptor]:

@@ -9,8 +9,8 @@ Why this is safe ("a block wins"):
 * An entry is stored together with the tokens of everything it depends on, read BEFORE the
   database read that produced it.
 * An entry is served only if the tokens read AFTER the request arrived are equal to the stored
-  ones. (One Redis round trip, shared by all the requests that arrive while the previous read
-  is in flight, so it costs a fraction of a round trip per request.)
+  ones. (One MGET, shared by the lookups that arrive before it is sent; under concurrent load a
+  read waits up to 2 ms for company, so it costs a fraction of a round trip per request.)
 
 So if BlockCard returned before a Resolve arrived, that Resolve reads the new token and cannot
 use an entry made before it. The classic race - a Resolve reads the database before the block
@@ -25,8 +25,8 @@ change that cannot replace its tokens fails with DEPENDENCY_UNAVAILABLE after it
 retry with the same key repeats the invalidation). Entries also expire after `entry_ttl_s`.
 
 Keys are one per card and member (`cards:gen:{c:<card id>}`, `cards:gen:{m:<member id>}`);
-the read script touches several at once, which needs a single Redis node (a cluster would group
-them by slot).
+a read (MGET, and the script creating missing tokens) touches several at once, which needs a
+single Redis node (a cluster would group them by slot).
 """
 
 from __future__ import annotations
@@ -38,12 +38,31 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from services.cards.domain.resolution import Identifier, Subject
+from services.cards.resp import RespConnection
 
 GENERATION_TTL_S = 86_400
 READ_KEYS_MAX = 2048
+# Under concurrent load (lookups closer than BUSY_INTERVAL_S apart on average, and often arriving
+# while another one is still being read) a read waits two average intervals, at most
+# COALESCE_WAIT_MAX_S, so that several lookups share one round trip: measured here at 64 in
+# flight, about 3 lookups per read instead of 1, about 150 us of CPU less per Resolve and a lower
+# p50, because the process is the bottleneck. A lone client (each lookup waits for the previous
+# one's answer, so none overlaps another) never waits.
+COALESCE_WAIT_MAX_S = 0.002
+BUSY_INTERVAL_S = 0.001
+OVERLAP_BUSY = 0.1
+
+READ_BATCHES = Counter(
+    "loyalty_cards_generation_reads_total", "Round trips to Redis reading generation tokens for Resolve."
+)
+READ_REQUESTS = Counter(
+    "loyalty_cards_generation_read_requests_total",
+    "Resolve lookups answered by those round trips (requests per round trip = this / reads).",
+)
 
 # Returns the token of every key, creating the missing ones with the random values passed in.
 _READ_OR_CREATE = """
@@ -83,21 +102,39 @@ def _new_token() -> str:
     return os.urandom(8).hex()
 
 
-class Generations:
-    """Generation tokens in Redis. Reads are coalesced: the requests that arrive while one read
-    is in flight share the next one, which is sent only after all of them arrived."""
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    def __init__(self, redis: Redis) -> None:
+
+class Generations:
+    """Generation tokens in Redis. Reads are coalesced: the lookups that arrive while one read is
+    in flight (or while the reader waits for company) share the next one, which is sent only
+    after all of them arrived - never an earlier one, which could miss a bump."""
+
+    def __init__(self, redis: Redis, fast: RespConnection | None = None) -> None:
         self._redis = redis
+        # The hot read (MGET) goes through a plain connection when there is one (resp.py).
+        self._fast = fast
         self._script = redis.register_script(_READ_OR_CREATE)
         self._queue: deque[tuple[Sequence[str], asyncio.Future[dict[str, str]]]] = deque()
         self._wakeup = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        # Moving averages of the time between lookups and of the share of lookups that arrive
+        # while another is queued or being read; when the last one arrived; whether a read is on.
+        self._interval_s = 1.0
+        self._overlap = 0.0
+        self._last_arrival = time.monotonic()
+        self._reading = False
 
     async def read(self, keys: Sequence[str]) -> dict[str, str]:
         """The current token of every key, read after this call started."""
         if not keys:
             return {}
+        now = time.monotonic()
+        overlapped = 1.0 if self._queue or self._reading else 0.0
+        self._interval_s = 0.9 * self._interval_s + 0.1 * (now - self._last_arrival)
+        self._overlap = 0.9 * self._overlap + 0.1 * overlapped
+        self._last_arrival = now
         future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
         self._queue.append((keys, future))
         self._wakeup.set()
@@ -105,12 +142,21 @@ class Generations:
             self._reader = asyncio.create_task(self._read_forever(), name="cards-generation-reader")
         return await future
 
+    def coalescing_wait_s(self) -> float:
+        """How long the next read waits for company (0 unless lookups are concurrent and dense)."""
+        if self._interval_s < BUSY_INTERVAL_S and self._overlap > OVERLAP_BUSY:
+            return min(COALESCE_WAIT_MAX_S, 2 * self._interval_s)
+        return 0.0
+
     async def _read_forever(self) -> None:
         while True:
             await self._wakeup.wait()
+            self._reading = True
+            await asyncio.sleep(self.coalescing_wait_s())
             self._wakeup.clear()
             while self._queue:
                 await self._read_batch()
+            self._reading = False
 
     async def _read_batch(self) -> None:
         batch: list[tuple[Sequence[str], asyncio.Future[dict[str, str]]]] = []
@@ -119,21 +165,29 @@ class Generations:
             item = self._queue.popleft()
             batch.append(item)
             keys.update(dict.fromkeys(item[0]))
-        names = list(keys)
         try:
-            raw = await self._script(keys=names, args=[*(_new_token() for _ in names), GENERATION_TTL_S])
+            tokens = await self._tokens(list(keys))
         except Exception as error:  # handed to every waiter, who decides (Redis down: no cache)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
-        tokens = {
-            name: value.decode() if isinstance(value, bytes) else str(value)
-            for name, value in zip(names, raw, strict=True)
-        }
+        READ_BATCHES.inc()
+        READ_REQUESTS.inc(len(batch))
         for wanted, future in batch:
             if not future.done():
                 future.set_result({key: tokens[key] for key in wanted})
+
+    async def _tokens(self, names: list[str]) -> dict[str, str]:
+        """The tokens of `names`: one MGET; the missing ones (new, expired, or lost with Redis)
+        are created with new random values by the script, which keeps a token made meanwhile."""
+        values = await self._fast.command("MGET", *names) if self._fast else await self._redis.mget(names)
+        tokens = {name: _text(value) for name, value in zip(names, values, strict=True) if value is not None}
+        missing = [name for name in names if name not in tokens]
+        if missing:
+            created = await self._script(keys=missing, args=[*(_new_token() for _ in missing), GENERATION_TTL_S])
+            tokens.update((name, _text(value)) for name, value in zip(missing, created, strict=True))
+        return tokens
 
     async def bump(self, keys: Sequence[str]) -> None:
         """Give every key a new random token: entries made before no longer validate."""
@@ -148,6 +202,8 @@ class Generations:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+        if self._fast is not None:
+            await self._fast.close()
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from shared.config import float_between, int_between, read_setting
+from shared.config import Parser, float_between, int_between, read_setting
 
 log = logging.getLogger(__name__)
 
 # FOR DEVELOPMENT ONLY. Anyone who knows the secret can make QR tokens for any member: every
-# real deployment sets LOYALTY_CARDS_QR_SECRET (at least 32 characters, from a secret store).
+# real deployment sets LOYALTY_CARDS_QR_SECRET (32 random characters or more, from a secret
+# store; shorter than 16 is refused).
 # The service logs a warning at start-up while this default is in use.
 DEV_QR_SECRET = "loyalty-dev-qr-secret-do-not-use-in-production"
 QR_SECRET_LENGTH_MIN = 16
@@ -51,6 +53,8 @@ class CardsSettings:
     gift_account_kind: str
     card_account_kind: str
     work_interval_s: float
+    # How often the outbox relay looks for new events when there is no backlog.
+    outbox_interval_s: float
     pending_grace_s: float
     cache_entries_max: int
     cache_entry_ttl_s: float
@@ -62,8 +66,10 @@ class CardsSettings:
 
 
 def load_settings() -> CardsSettings:
-    def read(name: str, parse: object, default: object) -> object:
-        return read_setting("cards", name, parse, default)  # type: ignore[arg-type]
+    """Read and check the settings; a bad value stops start-up with a ConfigError naming it."""
+
+    def read(name: str, parse: Parser, default: object) -> Any:
+        return read_setting("cards", name, parse, default)
 
     secret = str(read("QR_SECRET", _secret, DEV_QR_SECRET))
     previous = str(read("QR_SECRET_PREVIOUS", _optional_secret, ""))
@@ -72,12 +78,13 @@ def load_settings() -> CardsSettings:
     return CardsSettings(
         phone_region=str(read("PHONE_REGION", _region, "RU")),
         qr_secrets=(secret, previous) if previous else (secret,),
-        qr_token_ttl_s=int(read("QR_TOKEN_TTL_S", int_between(1, 600), 60)),  # type: ignore[call-overload]
-        wallet_timeout_s=float(read("WALLET_TIMEOUT_S", float_between(0.05, 60), 2.0)),  # type: ignore[arg-type]
+        qr_token_ttl_s=int(read("QR_TOKEN_TTL_S", int_between(1, 600), 60)),
+        wallet_timeout_s=float(read("WALLET_TIMEOUT_S", float_between(0.05, 60), 2.0)),
         gift_account_kind=str(read("GIFT_ACCOUNT_KIND", _kind, "gift")),
         card_account_kind=str(read("CARD_ACCOUNT_KIND", _kind, "base")),
-        work_interval_s=float(read("WORK_INTERVAL_S", float_between(0.05, 3600), 5.0)),  # type: ignore[arg-type]
-        pending_grace_s=float(read("PENDING_GRACE_S", float_between(0, 3600), 5.0)),  # type: ignore[arg-type]
-        cache_entries_max=int(read("CACHE_ENTRIES_MAX", int_between(0, 10_000_000), 200_000)),  # type: ignore[call-overload]
-        cache_entry_ttl_s=float(read("CACHE_ENTRY_TTL_S", float_between(0, 86_400), 60.0)),  # type: ignore[arg-type]
+        work_interval_s=float(read("WORK_INTERVAL_S", float_between(0.05, 3600), 5.0)),
+        outbox_interval_s=float(read("OUTBOX_INTERVAL_S", float_between(0.01, 60), 0.5)),
+        pending_grace_s=float(read("PENDING_GRACE_S", float_between(0, 3600), 5.0)),
+        cache_entries_max=int(read("CACHE_ENTRIES_MAX", int_between(0, 10_000_000), 200_000)),
+        cache_entry_ttl_s=float(read("CACHE_ENTRY_TTL_S", float_between(0, 86_400), 60.0)),
     )

@@ -87,10 +87,6 @@ def template_not_found(template_id: str) -> DomainError:
     )
 
 
-def _refused(error: RefusalError) -> DomainError:
-    return refusal_to_error(error)
-
-
 # ------------------------------------------------------------------------------------------------
 # Templates
 
@@ -412,7 +408,7 @@ async def hand_out(
         )
         _decide_handout(preview, member, replace(handout, binding=placeholder), gift_account_id="-", now=now)
     except RefusalError as refusal:
-        raise _refused(refusal) from None
+        raise refusal_to_error(refusal) from None
     gift_account_id, binding = await _accounts_for(wallet, preview, member, handout)
     handout = replace(handout, binding=binding)
 
@@ -428,7 +424,7 @@ async def hand_out(
         try:
             change = _decide_handout(card, current_member, handout, gift_account_id=gift_account_id, now=now)
         except RefusalError as refusal:
-            raise _refused(refusal) from None
+            raise refusal_to_error(refusal) from None
         await _persist(connection, before, change, member=current_member)
         return change.card
 
@@ -483,7 +479,7 @@ async def _change_one(pool: asyncpg.Pool, generations: Generations, ref: CardRef
         try:
             change = decide(card, now)
         except RefusalError as refusal:
-            raise _refused(refusal) from None
+            raise refusal_to_error(refusal) from None
         member = await store.get_member(connection, card.member_id) if card.member_id else None
         await _persist(connection, card, change, member=member)
         return change.card
@@ -552,7 +548,7 @@ async def replace_card(
                 old, issued.card, member=member, reason=reason, actor=actor, comment=comment, now=now
             )
         except RefusalError as refusal:
-            raise _refused(refusal) from None
+            raise refusal_to_error(refusal) from None
         successor = Change(successor.card, (*issued.events, *successor.events))
         await _persist(connection, None if created else new, successor, member=member)
         await _persist(connection, old, retired, member=member, new_card=successor.card)

@@ -297,7 +297,3 @@ class Change:
 
     card: Card
     events: tuple[CardEvent, ...] = ()
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.events)

@@ -55,14 +55,25 @@ _TABLES = {scheme: _chunk_table(scheme) for scheme in _WEIGHTS}
 
 
 def check_digit(payload: str, scheme: CheckDigitScheme) -> int:
-    """The check digit to append to `payload` (digits only)."""
-    weigh = _WEIGHTS[scheme]
-    total = sum(weigh(int(d), i) for i, d in enumerate(reversed(payload)))
+    """The check digit to append to `payload` (digits only). Chunks of 4 digits aligned from the
+    right all start at an even position, so one table serves them all (Resolve checks every
+    number it is given: this is on the hot path)."""
+    table = _TABLES[scheme]
+    total = 0
+    rest = int(payload)
+    while rest:
+        rest, chunk = divmod(rest, _CHUNK)
+        total += table[chunk]
     return (10 - total % 10) % 10
 
 
 def has_valid_check_digit(number: str, scheme: CheckDigitScheme) -> bool:
-    return len(number) >= 2 and number.isdigit() and check_digit(number[:-1], scheme) == int(number[-1])
+    return (
+        len(number) >= 2
+        and number.isascii()
+        and number.isdigit()
+        and check_digit(number[:-1], scheme) == int(number[-1])
+    )
 
 
 def serial_digits(prefix: str, length: int) -> int:

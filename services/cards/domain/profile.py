@@ -7,6 +7,7 @@ normalisers return the stored form.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from datetime import date
 
@@ -21,6 +22,7 @@ LANGUAGE_LENGTH_MAX = 35
 SEGMENTS_MAX = 20
 SEGMENT_LENGTH_MAX = 64
 YEAR_MIN, YEAR_MAX = 1900, 9999
+MASKED_PHONES_CACHED_MAX = 100_000
 _EMAIL = re.compile(
     r"[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+"
 )
@@ -47,8 +49,11 @@ def normalize_phone(raw: str, *, default_region: str) -> str:
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 
 
+@functools.lru_cache(maxsize=MASKED_PHONES_CACHED_MAX)
 def mask_phone(e164: str) -> str:
-    """ "+79123456789" -> "+7 *** ***-**-89": the country code and the last two digits stay."""
+    """The phone for the cashier's screen: "+79123456789" -> "+7 *** ***-**-89" (the country
+    code and the last two digits stay). Cached: formatting costs about 80 us, and every Resolve
+    shows it."""
     try:
         parsed = phonenumbers.parse(e164, None)
     except phonenumbers.NumberParseException:
