@@ -46,6 +46,7 @@ from services.processing.domain import rules
 from services.processing.domain.operations import OperationState, OperationType, PlannedTransfer, Posting
 from services.processing.downstream import Downstream, reason_of, reason_value
 from services.processing.store import operations as store
+from shared import outbox
 from shared.errors import DomainError, FieldViolation, Reason, invalid_argument
 from shared.idempotency import fingerprint, run_once
 
@@ -383,7 +384,7 @@ class Flow:
             expire_time=expire_time,
             operation=base.SerializeToString(),
             receipt=request.receipt.SerializeToString(),
-            plan=_with_target(transfers, target),
+            plan=store.Plan(target=target, transfers=tuple(transfers)),
             postings=postings,
         )
         async with self.pool.acquire() as connection:
@@ -834,14 +835,10 @@ def _state_value(state: OperationState) -> p.OperationState.ValueType:
     return p.OperationState.Value(f"OPERATION_STATE_{state.name}")
 
 
-def _with_target(transfers: Sequence[PlannedTransfer], target: OperationState) -> store.Plan:
-    return store.Plan(target=target, transfers=tuple(transfers))
-
-
 def _stored_refusal(row: store.OperationRow) -> DomainError:
     operation = p.Operation()
     operation.ParseFromString(row.operation)
-    metadata = json.loads(row.response or b"{}").get("metadata", {}) if row.response else {}
+    metadata = json.loads(row.response).get("metadata", {}) if row.response else {}
     return DomainError(reason_of(operation.rejection_reason), operation.rejection_message, metadata=metadata)
 
 
@@ -930,7 +927,7 @@ def _to_wallet(transfer: PlannedTransfer, row: store.OperationRow, *, linked: bo
 
 def _events(
     operation: p.Operation, balances: Sequence[types_pb2.AccountBalance], target: OperationState
-) -> list[store.Event]:
+) -> list[store.EventRow]:
     if target is not OperationState.CAPTURED or not operation.member_id:
         return []
     calculation = operation.purchase.calculation
@@ -959,9 +956,8 @@ def _events(
     return events
 
 
-def _event(event_type: str, member_id: str, data: dict[str, Any]) -> store.Event:
-    payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
-    return store.Event(event_type=event_type, partition_key=member_id, payload=payload, event_id=uuid.uuid4())
+def _event(event_type: str, member_id: str, data: dict[str, Any]) -> store.EventRow:
+    return outbox.event_row(event_type=event_type, partition_key=member_id, data=data)
 
 
 def _stats_change(operation: p.Operation, row: store.OperationRow, zone: ZoneInfo) -> store.StatsChange:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
@@ -84,12 +85,8 @@ class StatsChange:
     spend: int = 0
 
 
-@dataclass(frozen=True)
-class Event:
-    event_type: str
-    partition_key: str
-    payload: bytes
-    event_id: Any  # uuid.UUID
+# One outbox row: (event_id, event_type, partition_key, payload), as shared.outbox.event_row makes it.
+EventRow = tuple[uuid.UUID, str, str, bytes]
 
 
 COLUMNS = """operation_id, type, state, terminal_id, partner_id, member_id, receipt_id, idempotency_key,
@@ -290,11 +287,10 @@ async def record_stats(connection: Connection, change: StatsChange) -> None:
         )
 
 
-async def add_events(connection: Connection, events: Sequence[Event]) -> None:
+async def add_events(connection: Connection, events: Sequence[EventRow]) -> None:
     if events:
         await connection.executemany(
-            "INSERT INTO outbox (event_id, event_type, partition_key, payload) VALUES ($1, $2, $3, $4)",
-            [(e.event_id, e.event_type, e.partition_key, e.payload) for e in events],
+            "INSERT INTO outbox (event_id, event_type, partition_key, payload) VALUES ($1, $2, $3, $4)", events
         )
 
 

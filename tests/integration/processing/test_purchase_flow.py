@@ -7,6 +7,8 @@ holds exactly once."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -22,7 +24,9 @@ from loyalty.processing.v1 import processing_pb2_grpc, program_admin_pb2_grpc
 from loyalty.processing.v1 import program_admin_pb2 as pa
 from loyalty.wallet.v1 import wallet_pb2 as w
 from loyalty.wallet.v1 import wallet_pb2_grpc
+from redis.asyncio import Redis
 
+from shared import outbox
 from shared.config import with_database
 from shared.db import migrate
 from tests.harness import Infra, ServiceProcess
@@ -81,10 +85,11 @@ class World:
     cards: cards_pb2_grpc.CardsServiceStub
     program_id: str
     terminal_id: str
+    redis_url: str
 
 
 @pytest.fixture(scope="module")
-async def world(stack: dict[str, ServiceProcess]) -> AsyncIterator[World]:
+async def world(stack: dict[str, ServiceProcess], infra: Infra) -> AsyncIterator[World]:
     channels = {name: aio.insecure_channel(process.grpc_address) for name, process in stack.items()}
     admin = program_admin_pb2_grpc.ProgramAdminServiceStub(channels["processing"])
     wallet = wallet_pb2_grpc.WalletServiceStub(channels["wallet"])
@@ -150,6 +155,7 @@ async def world(stack: dict[str, ServiceProcess]) -> AsyncIterator[World]:
         cards=cards_pb2_grpc.CardsServiceStub(channels["cards"]),
         program_id=program.program_id,
         terminal_id=terminal.terminal_id,
+        redis_url=infra.redis_url,
     )
     for channel in channels.values():
         await channel.close()
@@ -219,6 +225,24 @@ async def test_a_purchase_earns_once_and_replays_byte_for_byte(world: World) -> 
     )
     assert read.operation.state == p.OPERATION_STATE_CAPTURED
     assert read.operation.purchase.receipt.total.amount_minor == 100_000
+    event = await accrued_event(world, first.operation.operation_id)
+    assert (event["member_id"], event["points"]) == (member_id, 5000)
+
+
+async def accrued_event(world: World, operation_id: str) -> dict[str, Any]:
+    """The points.accrued event of an operation, once the outbox relay has published it."""
+    redis = Redis.from_url(world.redis_url)
+    try:
+        for _ in range(100):  # bounded: the relay runs every second
+            entries: list[Any] = await redis.xrange(outbox.STREAM) or []
+            for _, fields in entries:
+                data = json.loads(fields[b"payload"])
+                if fields[b"event_type"] == b"points.accrued" and data["operation_id"] == operation_id:
+                    return dict(data)
+            await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
+    raise AssertionError(f"no points.accrued event for {operation_id}")
 
 
 async def test_a_second_live_purchase_of_a_receipt_is_already_exists(world: World) -> None:
