@@ -23,7 +23,7 @@ from loyalty.processing.v1 import processing_pb2_grpc, program_admin_pb2, progra
 from services.processing.admin import ProgramAdminServicer
 from services.processing.context import ProgramContext
 from services.processing.downstream import Deadlines, Downstream
-from services.processing.flow import Flow, FlowSettings
+from services.processing.flow import CRASH_POINTS, Flow, FlowSettings
 from services.processing.store import operations as store
 from shared import outbox
 from shared.config import float_between, grpc_target, read_setting
@@ -107,6 +107,15 @@ def _cursor(token: str) -> tuple[datetime, str] | None:
         raise invalid_argument([FieldViolation("page_token", "not a token from this list")]) from None
 
 
+def crash_points(text: str) -> frozenset[str]:
+    """LOYALTY_PROCESSING_CRASH_AT: comma-separated names from flow.CRASH_POINTS (crash tests only)."""
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    unknown = names - set(CRASH_POINTS)
+    if unknown:
+        raise ValueError(f"unknown crash points {sorted(unknown)}; known: {', '.join(CRASH_POINTS)}")
+    return names
+
+
 class ProcessingServicer(processing_pb2_grpc.ProcessingServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -127,7 +136,10 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServiceServicer):
             pool=runtime.pool,
             context=self.context,
             downstream=self.downstream,
-            settings=FlowSettings(lease_s=read_setting(read, "OPERATION_LEASE_S", float_between(0.5, 300), 10.0)),
+            settings=FlowSettings(
+                lease_s=read_setting(read, "OPERATION_LEASE_S", float_between(0.5, 300), 10.0),
+                crash_at=read_setting(read, "CRASH_AT", crash_points, frozenset()),
+            ),
         )
         interval_s = read_setting(read, "WORK_INTERVAL_S", float_between(0.05, 3600), 1.0)
         self.tasks = [
@@ -207,6 +219,23 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServiceServicer):
             violations.append(FieldViolation("reason", "at most 256 characters"))
         _check(violations)
         return await self.flow.void(request)
+
+    async def Refund(self, request: p.RefundRequest, context: aio.ServicerContext) -> p.RefundResponse:
+        violations = [*_terminal(request), *_reference(request.original, "original")]
+        if not request.dry_run:
+            violations += _key(request)
+        violations += _short(request, "refund_receipt_id", "fiscal_document_number", "cashier_id")
+        if request.mode == p.REFUND_MODE_FULL and request.lines:
+            violations.append(FieldViolation("lines", "must be empty with REFUND_MODE_FULL"))
+        elif request.mode == p.REFUND_MODE_LINES and not request.lines:
+            violations.append(FieldViolation("lines", "required with REFUND_MODE_LINES"))
+        elif request.mode not in (p.REFUND_MODE_FULL, p.REFUND_MODE_LINES):
+            violations.append(FieldViolation("mode", "required: REFUND_MODE_FULL or REFUND_MODE_LINES"))
+        for index, line in enumerate(request.lines):
+            if line.quantity_milli <= 0:
+                violations.append(FieldViolation(f"lines[{index}].quantity_milli", "must be positive"))
+        _check(violations)
+        return await self.flow.refund(request)
 
     async def GetOperation(
         self, request: p.GetOperationRequest, context: aio.ServicerContext

@@ -78,6 +78,7 @@ class Downstream:
         )
         self._sub_accounts: OrderedDict[str, tuple[SubAccount, ...]] = OrderedDict()
         self._system_accounts: dict[tuple[str, int, str, int], str] = {}
+        self._kinds: dict[str, dict[str, wallet_pb2.AccountPolicy]] = {}
 
     async def close(self) -> None:
         await self._cards_channel.close()
@@ -192,6 +193,47 @@ class Downstream:
             account_id = response.account.account_id
             self._system_accounts[cache_key] = account_id
         return account_id
+
+    async def pending_lots(self, account_id: str) -> dict[str, int]:
+        """transfer id -> what is left of its lot, for the account's lots still PENDING (refunds
+        may take these back under every shortfall policy)."""
+        remaining: dict[str, int] = {}
+        token = ""
+        while True:
+            request = wallet_pb2.ListLotsRequest(
+                account_id=account_id, states=[wallet_pb2.LOT_STATE_PENDING], page_size=1000, page_token=token
+            )
+            try:
+                response = await self.wallet.ListLots(request)
+            except aio.AioRpcError as error:
+                raise self._translate("wallet", error) from None
+            for lot in response.lots:
+                remaining[lot.transfer_id] = remaining.get(lot.transfer_id, 0) + lot.remaining_minor
+            token = response.next_page_token
+            if not token:
+                return remaining
+
+    async def debt_limit(self, *, program_id: str, kind: str) -> int | None:
+        """How far below zero a refund may take an account of `kind`: None = no limit, 0 = not at
+        all (the kind does not allow debt). Kinds are read once per process (they rarely change)."""
+        if program_id not in self._kinds:
+            kinds: dict[str, wallet_pb2.AccountPolicy] = {}
+            token = ""
+            while True:
+                request = wallet_pb2.ListAccountKindsRequest(program_id=program_id, page_size=1000, page_token=token)
+                try:
+                    response = await self.wallet.ListAccountKinds(request)
+                except aio.AioRpcError as error:
+                    raise self._translate("wallet", error) from None
+                kinds.update((k.kind, k.policy) for k in response.account_kinds)
+                token = response.next_page_token
+                if not token:
+                    break
+            self._kinds[program_id] = kinds
+        policy = self._kinds[program_id].get(kind)
+        if policy is None or policy.overdraft_mode != wallet_pb2.OVERDRAFT_MODE_DEBT_ALLOWED:
+            return 0
+        return policy.debt_limit_minor or None
 
     @staticmethod
     def _translate(service: str, error: aio.AioRpcError) -> Exception:

@@ -25,9 +25,11 @@ RISK_OUTCOME_NOT_ASSESSED, which is what the contract says for "anti-fraud did n
 from __future__ import annotations
 
 import json
+import os
+import signal
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
@@ -39,7 +41,7 @@ from loyalty.common.v1 import types_pb2
 from loyalty.processing.v1 import processing_pb2 as p
 from loyalty.wallet.v1 import wallet_pb2
 
-from services.processing import rulesets
+from services.processing import refunding, rulesets
 from services.processing.context import ProgramContext
 from services.processing.domain import operations as ops
 from services.processing.domain import rules
@@ -69,6 +71,21 @@ WALLET_REFUSALS: dict[str, Reason] = {
     "BALANCE_LIMIT_EXCEEDED": Reason.LIMIT_EXCEEDED,
 }
 SUCCESS = (wallet_pb2.TRANSFER_RESULT_CODE_CREATED, wallet_pb2.TRANSFER_RESULT_CODE_EXISTS)
+# Refusals answered without recording an operation under the key: bad input, an unknown till, and
+# transient conditions the register retries with the same key.
+NOT_RECORDED = frozenset(
+    {Reason.INVALID_ARGUMENT, Reason.DEPENDENCY_UNAVAILABLE, Reason.TERMINAL_NOT_FOUND, Reason.REQUEST_IN_PROGRESS}
+)
+# A refund is planned from the purchase as it stands; if another refund changed it meanwhile,
+# it is planned again, at most this many times.
+REFUND_PLAN_ATTEMPTS = 3
+# The response a PROCESSING operation's creating request gets, by the method that created it
+# (the recovery worker records it for byte-identical replays).
+RESPONSE_TYPES: dict[str, type[Message]] = {
+    "Purchase": p.PurchaseResponse,
+    "Authorize": p.AuthorizeResponse,
+    "Refund": p.RefundResponse,
+}
 IDENTIFIED_BY = {
     cards_pb2.IDENTIFIER_TYPE_CARD_NUMBER: p.IDENTIFICATION_METHOD_CARD,
     cards_pb2.IDENTIFIER_TYPE_PHONE: p.IDENTIFICATION_METHOD_PHONE,
@@ -81,6 +98,17 @@ IDENTIFIED_BY = {
 class FlowSettings:
     lease_s: float
     points_kind: str = "base"
+    # Fault injection for the crash tests (LOYALTY_PROCESSING_CRASH_AT): the saga's step
+    # boundaries at which this process kills itself with SIGKILL. Empty in production.
+    crash_at: frozenset[str] = frozenset()
+
+
+# The saga's step boundaries, in order; see the module docstring.
+CRASH_POINTS = (
+    "after_insert",  # the operation is PROCESSING with its plan; the wallet has not seen it
+    "after_wallet",  # the wallet applied the plan; the outcome is not recorded
+    "after_record",  # the outcome is recorded; the caller has no answer yet
+)
 
 
 @dataclass(frozen=True)
@@ -130,6 +158,22 @@ def balances_after(
             if balance.account_id in wanted:
                 latest[balance.account_id] = balance
     return list(latest.values())
+
+
+def crash_point(settings: FlowSettings, name: str) -> None:
+    """Die here, as a power cut would, when the crash tests ask for it (never otherwise)."""
+    if name in settings.crash_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class PlannedRefund:
+    """A refund or cancel as planned from the purchase's current state, before it is recorded."""
+
+    operation: p.Operation
+    draft: refunding.RefundDraft
+    # The purchase's lots still pending (transfer id -> remaining), for dry-run projections.
+    pending_lots: dict[str, int]
 
 
 class Flow:
@@ -510,7 +554,9 @@ class Flow:
         """Send the operation's plan to the wallet and record the outcome (the saga's steps 2-3)."""
         target, transfers = row.plan.target, row.plan.transfers
         chain = [_to_wallet(t, row, linked=i < len(transfers) - 1) for i, t in enumerate(transfers)]
+        crash_point(self.settings, "after_insert")
         results = await self.downstream.transfer(chain)
+        crash_point(self.settings, "after_wallet")
         operation = p.Operation()
         operation.ParseFromString(row.operation)
         refusal = wallet_failure(results)
@@ -528,10 +574,19 @@ class Flow:
             operation.purchase.capture_time.FromDatetime(now)
         if target in (OperationState.VOIDED, OperationState.EXPIRED):
             operation.purchase.void_time.FromDatetime(now)
-        response = response_type(operation=operation, balances=balances)
         settings = await self.context.settings()
-        events = _events(operation, balances, target)
+        zone = ZoneInfo(settings.time_zone)
         async with self.pool.acquire() as connection, connection.transaction():
+            if row.type is OperationType.PURCHASE:
+                response = response_type(operation=operation, balances=balances)
+                events = _events(operation, balances, target)
+                if target is OperationState.CAPTURED:
+                    await store.record_stats(connection, _stats_change(operation, row, zone))
+            else:  # a refund or cancel settles its purchase in the same transaction
+                purchase, purchase_receipt = await self._settle_purchase(connection, row, operation, now)
+                response = _refund_response(response_type, operation, purchase, balances)
+                events = _refund_events(operation, purchase, balances)
+                await store.record_stats(connection, _refund_stats(operation, purchase, purchase_receipt, zone))
             await store.update(
                 connection,
                 row.operation_id,
@@ -540,9 +595,8 @@ class Flow:
                 response=response.SerializeToString(),
                 expire_time=row.expire_time if target is OperationState.AUTHORIZED else None,
             )
-            if target is OperationState.CAPTURED:
-                await store.record_stats(connection, _stats_change(operation, row, ZoneInfo(settings.time_zone)))
             await store.add_events(connection, events)
+        crash_point(self.settings, "after_record")
         return response
 
     # -- capture, void, expiry -------------------------------------------------------------------
@@ -774,13 +828,189 @@ class Flow:
             claimed = await store.claim(connection, operation_id, lease_s=self.settings.lease_s)
         if claimed is None:
             return
-        response_type: type[Message] = p.PurchaseResponse
+        response_type = RESPONSE_TYPES.get(claimed.method, p.PurchaseResponse)
         try:
             await self._drive(claimed, response_type)
         except DomainError as refusal:
             if refusal.reason is Reason.DEPENDENCY_UNAVAILABLE:
                 raise
             # A definite refusal is recorded by _drive; nothing more to do.
+
+    # -- refunds -----------------------------------------------------------------------------------
+
+    async def refund(self, request: p.RefundRequest) -> p.RefundResponse:
+        terminal = await self.context.terminal(request.terminal_id)
+        returned = None if request.mode == p.REFUND_MODE_FULL else rulesets.returned_quantities(request.lines)
+        if request.dry_run:
+            return await self._preview_refund(terminal, request, returned)
+        digest = fingerprint("Refund", request)
+        key = request.idempotency_key.key
+        async with self.pool.acquire() as connection:
+            existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=key)
+        if existing is not None:
+            return await self._replay(existing, digest, p.RefundResponse)
+        now = datetime.now().astimezone()
+        base = _operation_base(
+            operation_id=new_operation_id(),
+            terminal=terminal,
+            request=request,
+            receipt_id=request.refund_receipt_id,
+            now=now,
+            type_=OperationType.REFUND,
+        )
+        for _ in range(REFUND_PLAN_ATTEMPTS):
+            try:
+                original = await self.find_reference(terminal, request.original)
+                base.member_id = original.member_id
+                refund = await self._refund_operation(base, original, returned=returned, full=returned is None)
+            except DomainError as refusal:
+                if refusal.reason in NOT_RECORDED:
+                    raise
+                return await self._reject(
+                    base, refusal, key=key, digest=digest, method="Refund", response_type=p.RefundResponse
+                )
+            new = _new_refund(refund.operation, original, refund.draft, key=key, digest=digest, method="Refund")
+            new = replace(new, terminal_id=terminal.terminal_id, lease_s=self.settings.lease_s, effective_time=now)
+            async with self.pool.acquire() as connection:
+                outcome = await store.insert_refund(connection, new, planned_from=original.update_time)
+                existing = None
+                if outcome is store.RefundInsert.KEY_TAKEN:
+                    existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=key)
+            if outcome is store.RefundInsert.INSERTED:
+                return await self._drive_new(new.operation_id, p.RefundResponse)
+            if existing is not None:
+                return await self._replay(existing, digest, p.RefundResponse)
+            if outcome is store.RefundInsert.IN_FLIGHT:
+                raise DomainError(
+                    Reason.REQUEST_IN_PROGRESS, "another refund of this purchase is being processed; retry shortly"
+                )
+        raise DomainError(Reason.CONCURRENT_MODIFICATION, "the purchase kept changing; retry with the same key")
+
+    async def _refund_operation(
+        self, base: p.Operation, original: store.OperationRow, *, returned: dict[int, int] | None, full: bool
+    ) -> PlannedRefund:
+        """The refund (or cancel) of `original` as it stands now: its plan and its Operation."""
+        refunding.check_refundable(original)
+        settings = await self.context.settings()
+        purchase = p.Operation()
+        purchase.ParseFromString(original.operation)
+        current = await self.context.rule_set_now()
+        at_purchase = await self.context.rule_set_version(purchase.rule_set_version)
+        facts, pending = await self._refund_facts(original, settings)
+        draft = refunding.draft_refund(
+            original,
+            purchase,
+            returned=returned,
+            refund_operation_id=base.operation_id,
+            rule_set=current.rule_set,
+            facts=facts,
+            accounts=await self._system_accounts(settings),
+        )
+        operation = p.Operation()
+        operation.CopyFrom(base)
+        operation.rule_set_version = current.version
+        operation.identified_by = purchase.identified_by
+        operation.masked_card_number = purchase.masked_card_number
+        details = rulesets.refund_details_to_proto(
+            draft.plan,
+            original_operation_id=original.operation_id,
+            full=full,
+            rule_set=at_purchase.rule_set,  # money values at the purchase's point value
+            settings=settings,
+        )
+        details.shortfall_policy = rulesets.shortfall_to_proto(draft.policy)
+        if operation.type == p.OPERATION_TYPE_CANCEL:
+            operation.cancel.cancelled_operation_id = original.operation_id
+            operation.cancel.totals.CopyFrom(details.totals)
+        else:
+            operation.refund.CopyFrom(details)
+        return PlannedRefund(operation, draft, pending)
+
+    async def _refund_facts(
+        self, original: store.OperationRow, settings: Any
+    ) -> tuple[refunding.WalletFacts | None, dict[str, int]]:
+        """What the wallet says about the accounts the purchase earned on (None: it earned nothing)."""
+        accrual_accounts = {p_.account_id: p_.account_kind for p_ in original.postings if p_.leg is ops.Leg.ACCRUAL}
+        if not accrual_accounts:
+            return None, {}
+        pending: dict[str, int] = {}
+        for account_id in accrual_accounts:
+            pending.update(await self.downstream.pending_lots(account_id))
+        views = await self.downstream.member_balances(program_id=settings.program_id, member_id=original.member_id)
+        available = {view.balance.account_id: view.balance.available.amount_minor for view in views}
+        kind = next(iter(accrual_accounts.values()))
+        debt_limit = await self.downstream.debt_limit(program_id=settings.program_id, kind=kind)
+        return refunding.WalletFacts(pending_lots=pending, available=available, debt_limit=debt_limit), pending
+
+    async def _system_accounts(self, settings: Any) -> ops.Accounts:
+        points_unit = wallet_pb2.Unit(type=wallet_pb2.UNIT_TYPE_POINTS, scale=settings.point_scale)
+        issuance = await self.downstream.system_account(
+            program_id=settings.program_id, role=wallet_pb2.SYSTEM_ACCOUNT_ROLE_ISSUANCE, unit=points_unit
+        )
+        redemption = await self.downstream.system_account(
+            program_id=settings.program_id, role=wallet_pb2.SYSTEM_ACCOUNT_ROLE_REDEMPTION, unit=points_unit
+        )
+        return ops.Accounts(issuance=issuance, redemption=redemption, earning={}, spending=())
+
+    async def _preview_refund(
+        self, terminal: Any, request: p.RefundRequest, returned: dict[int, int] | None
+    ) -> p.RefundResponse:
+        """dry_run: the refund as it would be now; nothing is recorded or moved."""
+        original = await self.find_reference(terminal, request.original)
+        base = _operation_base(
+            operation_id="",
+            terminal=terminal,
+            request=request,
+            receipt_id=request.refund_receipt_id,
+            now=datetime.now().astimezone(),
+            type_=OperationType.REFUND,
+        )
+        base.member_id = original.member_id
+        base.state = p.OPERATION_STATE_UNSPECIFIED
+        refund = await self._refund_operation(base, original, returned=returned, full=returned is None)
+        settings = await self.context.settings()
+        views = await self.downstream.member_balances(program_id=settings.program_id, member_id=original.member_id)
+        member_accounts = {posting.account_id for posting in original.postings}
+        balances = refunding.projected_balances(
+            [view for view in views if view.balance.account_id in member_accounts] or views,
+            refund.draft.transfers,
+            refund.pending_lots,
+        )
+        purchase = p.Operation()
+        purchase.ParseFromString(original.operation)
+        _settle(purchase, refund.operation, refund.draft.refunded_after, original.receipt)
+        return p.RefundResponse(refund=refund.operation, original=purchase, balances=balances, dry_run=True)
+
+    async def _drive_new(self, operation_id: str, response_type: type[ResponseT]) -> ResponseT:
+        async with self.pool.acquire() as connection:
+            row = await store.find(connection, operation_id)
+        if row is None:
+            raise RuntimeError(f"operation {operation_id} vanished")
+        return await self._drive(row, response_type)
+
+    async def _settle_purchase(
+        self, connection: Any, row: store.OperationRow, refund: p.Operation, now: datetime
+    ) -> tuple[p.Operation, bytes | None]:
+        """Record on the purchase what a completed refund or cancel took (the refund's row carries
+        the purchase's postings and refunded lines as they are after it)."""
+        if row.original_operation_id is None:
+            raise RuntimeError(f"refund {row.operation_id} has no purchase")
+        purchase_row = await store.find(connection, row.original_operation_id, for_update=True)
+        if purchase_row is None:
+            raise RuntimeError(f"purchase {row.original_operation_id} vanished")
+        purchase = p.Operation()
+        purchase.ParseFromString(purchase_row.operation)
+        _settle(purchase, refund, row.refunded, purchase_row.receipt)
+        purchase.update_time.FromDatetime(now)
+        await store.update(
+            connection,
+            purchase_row.operation_id,
+            state=OperationState(purchase.state),
+            operation=purchase.SerializeToString(),
+            postings=row.postings,
+            refunded=row.refunded,
+        )
+        return purchase, purchase_row.receipt
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -829,6 +1059,116 @@ class Flow:
                 response=json.dumps({"metadata": dict(refusal.metadata)}).encode(),
             )
         raise refusal
+
+
+REFUND_TOTAL_FIELDS = ("amount", "accrual_reversed", "accrual_forgiven", "redemption_restored")
+
+
+def _refund_totals(operation: p.Operation) -> p.RefundTotals:
+    if operation.WhichOneof("details") == "cancel":
+        return operation.cancel.totals
+    return operation.refund.totals
+
+
+def _settle(
+    purchase: p.Operation, refund: p.Operation, refunded: dict[int, dict[str, int]], receipt: bytes | None
+) -> None:
+    """The purchase after `refund`: running totals, the refund's id, and its new state."""
+    running = purchase.purchase.refunded
+    for name in REFUND_TOTAL_FIELDS:
+        added = getattr(_refund_totals(refund), name)
+        total = getattr(running, name)
+        amount = total.amount_minor + added.amount_minor
+        total.CopyFrom(added)
+        total.amount_minor = amount
+    if refund.operation_id:
+        purchase.purchase.refund_operation_ids.append(refund.operation_id)
+    done = refunding.fully_refunded(receipt, refunded)
+    purchase.state = p.OPERATION_STATE_REFUNDED if done else p.OPERATION_STATE_PARTIALLY_REFUNDED
+
+
+def _new_refund(
+    operation: p.Operation,
+    purchase: store.OperationRow,
+    draft: refunding.RefundDraft,
+    *,
+    key: str,
+    digest: bytes,
+    method: str,
+) -> store.NewOperation:
+    """The refund's row: its plan, and the purchase's postings and refunded lines after it."""
+    return store.NewOperation(
+        operation_id=operation.operation_id,
+        type=OperationType(operation.type),
+        state=OperationState.PROCESSING,
+        terminal_id=operation.terminal_id,
+        outlet_id=operation.outlet_id,
+        partner_id=operation.partner_id,
+        member_id=operation.member_id,
+        receipt_id=operation.receipt_id,
+        idempotency_key=key,
+        request_hash=digest,
+        method=method,
+        offline=operation.offline,
+        original_operation_id=purchase.operation_id,
+        effective_time=operation.effective_time.ToDatetime().astimezone(),
+        lease_s=0,
+        expire_time=None,
+        operation=operation.SerializeToString(),
+        receipt=None,
+        plan=store.Plan(OperationState.COMPLETED, tuple(draft.transfers)),
+        postings=draft.postings_after,
+        refunded=draft.refunded_after,
+    )
+
+
+def _refund_response(
+    response_type: type[ResponseT],
+    refund: p.Operation,
+    purchase: p.Operation,
+    balances: Sequence[types_pb2.AccountBalance],
+) -> ResponseT:
+    if response_type is p.RefundResponse:
+        return p.RefundResponse(refund=refund, original=purchase, balances=balances)  # type: ignore[return-value]
+    return response_type(operation=refund, balances=balances)
+
+
+def _refund_events(
+    refund: p.Operation, purchase: p.Operation, balances: Sequence[types_pb2.AccountBalance]
+) -> list[store.EventRow]:
+    """`refund` (processing.proto, EVENTS): what a completed refund or cancel moved."""
+    totals = _refund_totals(refund)
+    if not refund.member_id or not (totals.accrual_reversed.amount_minor or totals.redemption_restored.amount_minor):
+        return []
+    data = {
+        "operation_id": refund.operation_id,
+        "original_operation_id": purchase.operation_id,
+        "member_id": refund.member_id,
+        "receipt_id": purchase.receipt_id,
+        "outlet_id": refund.outlet_id,
+        "operation_time": refund.effective_time.ToDatetime().isoformat() + "Z",
+        "points_reversed": totals.accrual_reversed.amount_minor,
+        "points_restored": totals.redemption_restored.amount_minor,
+        "balance": sum(b.available.amount_minor for b in balances if not b.currency_code),
+    }
+    return [_event("refund", refund.member_id, data)]
+
+
+def _refund_stats(
+    refund: p.Operation, purchase: p.Operation, receipt: bytes | None, zone: ZoneInfo
+) -> store.StatsChange:
+    """A refund takes its goods out of the member's spend on the purchase's day (cumulative
+    progressive rules); purchase counts and rule uses stay (a return does not undo a visit)."""
+    totals = _refund_totals(refund)
+    restored_value = refund.refund.redemption_value_restored.amount_minor if refund.HasField("refund") else 0
+    if refund.HasField("cancel"):
+        calculation = purchase.purchase.calculation
+        restored_value = calculation.redemption_value.amount_minor if totals.redemption_restored.amount_minor else 0
+    return store.StatsChange(
+        member_id=purchase.member_id,
+        day=purchase.effective_time.ToDatetime(tzinfo=zone).date(),
+        spend=-(totals.amount.amount_minor - restored_value),
+    )
 
 
 def _state_value(state: OperationState) -> p.OperationState.ValueType:

@@ -713,6 +713,10 @@ def refund_details_to_proto(
     )
 
 
+def shortfall_to_proto(policy: RefundShortfallPolicy) -> program_admin_pb2.RefundShortfallPolicy.ValueType:
+    return _SHORTFALL_TO_PROTO[policy]  # type: ignore[return-value]
+
+
 def returned_quantities(request_lines: Sequence[processing_pb2.RefundLine]) -> dict[int, int]:
     """RefundRequest.lines as position -> quantity_milli; INVALID_ARGUMENT on repeats."""
     returned: dict[int, int] = {}

@@ -280,10 +280,12 @@ def refund_transfers(
     allow_debt: bool,
 ) -> tuple[list[PlannedTransfer], list[Posting]]:
     """Reversals bringing the purchase's cumulative reversed amounts to the given totals.
-    Returns the transfers and the postings with their new reversed amounts."""
+    Returns the transfers and the postings with their new reversed amounts. Redeemed points are
+    given back before earned ones are taken back: in one linked chain the points restored count
+    towards what the member can give back (RefundShortfallPolicy WITHIN_BALANCE)."""
     transfers: list[PlannedTransfer] = []
     updated: dict[str, Posting] = {}
-    for leg, total in ((Leg.ACCRUAL, accrual_reversed_total), (Leg.REDEMPTION, redemption_restored_total)):
+    for leg, total in ((Leg.REDEMPTION, redemption_restored_total), (Leg.ACCRUAL, accrual_reversed_total)):
         for index, (posting, amount) in enumerate(fill_sequentially(postings, leg=leg, cumulative=total)):
             if amount == 0:
                 continue

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
+from enum import Enum
 from typing import Any
 
 from services.processing.domain.operations import Leg, OperationState, OperationType, PlannedTransfer, Posting
@@ -45,6 +46,10 @@ class OperationRow:
     refunded: dict[int, dict[str, int]]
     response: bytes | None
     resolution_key: str | None
+    original_operation_id: str | None
+    # Changes with every update: a refund planned from one version is inserted only if the
+    # purchase is still at that version (insert_refund).
+    update_time: datetime
     now: datetime
 
 
@@ -71,6 +76,8 @@ class NewOperation:
     plan: Plan
     postings: Sequence[Posting]
     response: bytes | None = None
+    # Refunds and cancels: the purchase's per-line refunded totals once this one completes.
+    refunded: Mapping[int, Mapping[str, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ EventRow = tuple[uuid.UUID, str, str, bytes]
 
 COLUMNS = """operation_id, type, state, terminal_id, partner_id, member_id, receipt_id, idempotency_key,
     request_hash, method, lease_until, expire_time, operation, receipt, plan, postings, refunded, response,
-    resolution_key, now() AS now"""
+    resolution_key, original_operation_id, update_time, now() AS now"""
 
 
 def _json_default(value: object) -> str:
@@ -126,6 +133,10 @@ def load_postings(text: str) -> list[Posting]:
     return [Posting(**{**item, "leg": Leg(item["leg"])}) for item in json.loads(text)]
 
 
+def dump_refunded(refunded: Mapping[int, Mapping[str, int]]) -> str:
+    return json.dumps({str(position): dict(totals) for position, totals in refunded.items()})
+
+
 def _row(record: Mapping[str, Any]) -> OperationRow:
     return OperationRow(
         operation_id=record["operation_id"],
@@ -147,6 +158,8 @@ def _row(record: Mapping[str, Any]) -> OperationRow:
         refunded={int(k): v for k, v in json.loads(record["refunded"]).items()},
         response=bytes(record["response"]) if record["response"] is not None else None,
         resolution_key=record["resolution_key"],
+        original_operation_id=record["original_operation_id"],
+        update_time=record["update_time"],
         now=record["now"],
     )
 
@@ -180,10 +193,10 @@ async def insert(connection: Connection, new: NewOperation) -> bool:
     inserted = await connection.fetchval(
         """INSERT INTO operations (operation_id, type, state, terminal_id, outlet_id, partner_id, member_id,
                receipt_id, idempotency_key, request_hash, method, offline, original_operation_id, effective_time,
-               lease_until, expire_time, operation, receipt, plan, postings, response)
+               lease_until, expire_time, operation, receipt, plan, postings, response, refunded)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
                    CASE WHEN $15::float8 > 0 THEN now() + make_interval(secs => $15::float8) END,
-                   $16, $17, $18, $19, $20, $21)
+                   $16, $17, $18, $19, $20, $21, $22)
            ON CONFLICT DO NOTHING RETURNING true""",
         new.operation_id,
         int(new.type),
@@ -206,8 +219,39 @@ async def insert(connection: Connection, new: NewOperation) -> bool:
         dump_plan(new.plan),
         dump_postings(new.postings),
         new.response,
+        dump_refunded(new.refunded or {}),
     )
     return bool(inserted)
+
+
+class RefundInsert(Enum):
+    INSERTED = "inserted"
+    KEY_TAKEN = "key taken"  # the key has an operation: replay it
+    IN_FLIGHT = "in flight"  # another refund or cancel of the purchase is PROCESSING
+    CHANGED = "changed"  # the purchase moved on since the refund was planned: plan again
+
+
+async def insert_refund(connection: Connection, new: NewOperation, *, planned_from: datetime) -> RefundInsert:
+    """Record a refund (or cancel) planned from the purchase as it was at `planned_from`.
+    The purchase row is locked meanwhile, and at most one refund per purchase may be PROCESSING
+    (operations_one_refund_in_flight), so refunds of one purchase apply one after another, each
+    planned from what the previous ones left: together they never exceed the original."""
+    if new.original_operation_id is None:
+        raise ValueError("a refund needs its purchase")
+    async with connection.transaction():
+        current = await connection.fetchval(
+            "SELECT update_time FROM operations WHERE operation_id = $1 FOR UPDATE", new.original_operation_id
+        )
+        if current != planned_from:
+            return RefundInsert.CHANGED
+        if await insert(connection, new):
+            return RefundInsert.INSERTED
+    taken = await connection.fetchval(
+        "SELECT true FROM operations WHERE terminal_id = $1 AND idempotency_key = $2",
+        new.terminal_id,
+        new.idempotency_key,
+    )
+    return RefundInsert.KEY_TAKEN if taken else RefundInsert.IN_FLIGHT
 
 
 async def claim(connection: Connection, operation_id: str, *, lease_s: float) -> OperationRow | None:
@@ -252,7 +296,7 @@ async def update(
         dump_postings(postings) if postings is not None else None,
         receipt,
         response,
-        json.dumps({str(k): dict(v) for k, v in refunded.items()}) if refunded is not None else None,
+        dump_refunded(refunded) if refunded is not None else None,
         expire_time,
         lease_s,
         resolution_key,
