@@ -23,7 +23,7 @@ from loyalty.processing.v1 import processing_pb2_grpc, program_admin_pb2, progra
 from services.processing.admin import ProgramAdminServicer
 from services.processing.context import ProgramContext
 from services.processing.downstream import Deadlines, Downstream
-from services.processing.flow import CRASH_POINTS, Flow, FlowSettings
+from services.processing.flow import CRASH_POINTS, IDEMPOTENCY_KEY, Flow, FlowSettings
 from services.processing.store import operations as store
 from shared import outbox
 from shared.config import float_between, grpc_target, read_setting
@@ -33,9 +33,9 @@ from shared.servicers import add_service
 
 log = logging.getLogger(__name__)
 TERMINAL_ID = re.compile(r".{1,64}", re.DOTALL)
-IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{8,128}")
 PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 50, 1000
 SHORT_TEXT_MAX = 64
+OFFLINE_BATCH_MAX = 500
 
 
 def _check(violations: Sequence[FieldViolation]) -> None:
@@ -236,6 +236,16 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServiceServicer):
                 violations.append(FieldViolation(f"lines[{index}].quantity_milli", "must be positive"))
         _check(violations)
         return await self.flow.refund(request)
+
+    async def UploadOfflineBatch(
+        self, request: p.UploadOfflineBatchRequest, context: aio.ServicerContext
+    ) -> p.UploadOfflineBatchResponse:
+        """Batch-level checks only: a bad operation is REJECTED on its own, with INVALID_ARGUMENT."""
+        violations = [*_key(request), *_terminal(request)]
+        if not 1 <= len(request.operations) <= OFFLINE_BATCH_MAX:
+            violations.append(FieldViolation("operations", f"1..{OFFLINE_BATCH_MAX} operations"))
+        _check(violations)
+        return await self.flow.upload_offline_batch(request)
 
     async def GetOperation(
         self, request: p.GetOperationRequest, context: aio.ServicerContext

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -76,6 +77,14 @@ SUCCESS = (wallet_pb2.TRANSFER_RESULT_CODE_CREATED, wallet_pb2.TRANSFER_RESULT_C
 NOT_RECORDED = frozenset(
     {Reason.INVALID_ARGUMENT, Reason.DEPENDENCY_UNAVAILABLE, Reason.TERMINAL_NOT_FOUND, Reason.REQUEST_IN_PROGRESS}
 )
+# Offline operations refused for these are sent again later (OFFLINE_OPERATION_OUTCOME_RETRY).
+OFFLINE_RETRY = frozenset(
+    {Reason.DEPENDENCY_UNAVAILABLE, Reason.REQUEST_IN_PROGRESS, Reason.CONCURRENT_MODIFICATION, Reason.OVERLOADED}
+)
+# Every idempotency key (processing.proto, IdempotencyKey).
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{8,128}")
+# How far ahead of the platform's clock a register's clock may be.
+OFFLINE_CLOCK_SKEW = timedelta(minutes=5)
 # A refund is planned from the purchase as it stands; if another refund changed it meanwhile,
 # it is planned again, at most this many times.
 REFUND_PLAN_ATTEMPTS = 3
@@ -85,6 +94,8 @@ RESPONSE_TYPES: dict[str, type[Message]] = {
     "Purchase": p.PurchaseResponse,
     "Authorize": p.AuthorizeResponse,
     "Refund": p.RefundResponse,
+    "OfflineAccrual": p.OfflineOperationResult,
+    "OfflineCancel": p.OfflineOperationResult,
 }
 IDENTIFIED_BY = {
     cards_pb2.IDENTIFIER_TYPE_CARD_NUMBER: p.IDENTIFICATION_METHOD_CARD,
@@ -164,6 +175,22 @@ def crash_point(settings: FlowSettings, name: str) -> None:
     """Die here, as a power cut would, when the crash tests ask for it (never otherwise)."""
     if name in settings.crash_at:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class SaleSpec:
+    """How a sale is made: online (now, maybe as a hold) or offline (at the register's time)."""
+
+    method: str
+    key: str
+    digest: bytes
+    # The business time: now online; the register's time offline (rules, pending periods and
+    # expiry count from it).
+    at: datetime
+    offline: bool
+    # Authorize: the hold's lifetime; 0 captures at once.
+    hold_ttl_s: int
+    cashier_id: str
 
 
 @dataclass(frozen=True)
@@ -341,46 +368,62 @@ class Flow:
     async def _sale(self, request: Any, *, method: str, response_type: type[ResponseT], authorize: bool) -> ResponseT:
         terminal = await self.context.terminal(request.terminal_id)
         settings = await self.context.settings()
-        receipt = rulesets.receipt_from_request(
-            request.receipt, settings=settings, terminal=terminal, field="receipt", receipt_id_required=True
+        spec = SaleSpec(
+            method=method,
+            key=request.idempotency_key.key,
+            digest=fingerprint(method, request),
+            at=datetime.now().astimezone(),
+            offline=False,
+            hold_ttl_s=_authorization_ttl_s(request, settings) if authorize else 0,
+            cashier_id=request.cashier_id,
         )
-        ttl_s = _authorization_ttl_s(request, settings) if authorize else 0
-        digest = fingerprint(method, request)
-        key = request.idempotency_key.key
+        return await self._record_sale(request, spec, terminal, response_type)
+
+    async def _record_sale(self, sale: Any, spec: SaleSpec, terminal: Any, response_type: type[ResponseT]) -> ResponseT:
+        """A sale (Purchase, Authorize, an offline accrual): decide it, record it with its plan,
+        then drive the plan (see the module docstring)."""
+        settings = await self.context.settings()
+        receipt = rulesets.receipt_from_request(
+            sale.receipt, settings=settings, terminal=terminal, field="receipt", receipt_id_required=True
+        )
         async with self.pool.acquire() as connection:
-            existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=key)
+            existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=spec.key)
         if existing is not None:
-            return await self._replay(existing, digest, response_type)
+            return await self._replay(existing, spec.digest, response_type)
         operation_id = new_operation_id()
-        now = datetime.now().astimezone()
         base = _operation_base(
             operation_id=operation_id,
             terminal=terminal,
-            request=request,
-            receipt_id=request.receipt.receipt_id,
-            now=now,
+            request=sale,
+            receipt_id=sale.receipt.receipt_id,
+            now=spec.at,
             type_=OperationType.PURCHASE,
         )
+        base.idempotency_key = spec.key
+        base.cashier_id = spec.cashier_id
+        base.offline = spec.offline
+        if spec.offline:
+            base.create_time.GetCurrentTime()
         try:
             member = await self._member(
-                program_id=settings.program_id, identifier=request.member, terminal_id=terminal.terminal_id
+                program_id=settings.program_id, identifier=sale.member, terminal_id=terminal.terminal_id
             )
             base.member_id = member.member_id
             base.identified_by = IDENTIFIED_BY.get(member.resolution.identified_by, p.IDENTIFICATION_METHOD_UNSPECIFIED)
             base.masked_card_number = masked_card(member.resolution.card_number)
-            redemption = _redemption_request(request, settings)
+            redemption = _redemption_request(sale, settings)
             views = (
                 await self.downstream.balances(member.resolution.master_account_id)
                 if redemption.points or redemption.maximum
                 else None
             )
-            cached = await self.context.rule_set_now()
+            cached = await (self.context.rule_set_at(spec.at) if spec.offline else self.context.rule_set_now())
             calculation = await self._calculate(
                 rule_set=cached.rule_set,
                 receipt=receipt,
                 terminal=terminal,
                 member=member,
-                at=now,
+                at=spec.at,
                 redemption=redemption,
                 views=views,
             )
@@ -395,17 +438,20 @@ class Flow:
         except DomainError as refusal:
             if refusal.reason in (Reason.INVALID_ARGUMENT, Reason.DEPENDENCY_UNAVAILABLE, Reason.TERMINAL_NOT_FOUND):
                 raise
-            return await self._reject(base, refusal, key=key, digest=digest, method=method, response_type=response_type)
+            return await self._reject(
+                base, refusal, key=spec.key, digest=spec.digest, method=spec.method, response_type=response_type
+            )
         transfers, postings = ops.sale_transfers(
             operation_id=operation_id,
             accounts=accounts,
             redemption=calculation.redemption,
             accrual_parts=rulesets.accrual_part_plans(calculation),
-            hold_timeout_s=ttl_s,
+            hold_timeout_s=spec.hold_ttl_s,
+            imported_time=spec.at if spec.offline else None,
         )
         base.purchase.calculation.CopyFrom(rulesets.calculation_to_proto(calculation, settings=settings))
-        target = OperationState.AUTHORIZED if authorize else OperationState.CAPTURED
-        expire_time = now + timedelta(seconds=ttl_s) if authorize else None
+        target = OperationState.AUTHORIZED if spec.hold_ttl_s else OperationState.CAPTURED
+        expire_time = spec.at + timedelta(seconds=spec.hold_ttl_s) if spec.hold_ttl_s else None
         if expire_time is not None:
             base.purchase.authorization_expire_time.FromDatetime(expire_time)
         base.state = p.OPERATION_STATE_PROCESSING
@@ -417,39 +463,72 @@ class Flow:
             outlet_id=terminal.outlet_id,
             partner_id=terminal.partner_id,
             member_id=member.member_id,
-            receipt_id=request.receipt.receipt_id,
-            idempotency_key=key,
-            request_hash=digest,
-            method=method,
-            offline=False,
+            receipt_id=sale.receipt.receipt_id,
+            idempotency_key=spec.key,
+            request_hash=spec.digest,
+            method=spec.method,
+            offline=spec.offline,
             original_operation_id=None,
-            effective_time=now,
+            effective_time=spec.at,
             lease_s=self.settings.lease_s,
             expire_time=expire_time,
             operation=base.SerializeToString(),
-            receipt=request.receipt.SerializeToString(),
+            receipt=sale.receipt.SerializeToString(),
             plan=store.Plan(target=target, transfers=tuple(transfers)),
             postings=postings,
         )
+        cancelled_by = None
         async with self.pool.acquire() as connection:
-            inserted = await store.insert(connection, new)
-            if not inserted:
-                existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=key)
+            if spec.offline:
+                inserted, cancelled_by = await store.insert_offline_sale(connection, new)
+            else:
+                inserted = await store.insert(connection, new)
+            existing = None
+            if not inserted and cancelled_by is None:
+                existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=spec.key)
+        if cancelled_by is not None:
+            return await self._record_cancelled_sale(new, base, cancelled_by, response_type)
         if not inserted:
             if existing is not None:
-                return await self._replay(existing, digest, response_type)
-            live = await self._live_purchase(terminal.terminal_id, request.receipt.receipt_id)
+                return await self._replay(existing, spec.digest, response_type)
+            live = await self._live_purchase(terminal.terminal_id, sale.receipt.receipt_id)
             taken = DomainError(
                 Reason.ALREADY_EXISTS,
-                f"receipt {request.receipt.receipt_id!r} already has a live purchase",
+                f"receipt {sale.receipt.receipt_id!r} already has a live purchase",
                 metadata={"resourceType": "Operation", "resourceId": live},
             )
-            return await self._reject(base, taken, key=key, digest=digest, method=method, response_type=response_type)
+            return await self._reject(
+                base, taken, key=spec.key, digest=spec.digest, method=spec.method, response_type=response_type
+            )
+        return await self._drive_new(operation_id, response_type)
+
+    async def _record_cancelled_sale(
+        self, new: store.NewOperation, base: p.Operation, cancelled_by: str, response_type: type[ResponseT]
+    ) -> ResponseT:
+        """An offline sale whose cancel arrived first: recorded VOIDED, without points."""
+        base.state = p.OPERATION_STATE_VOIDED
+        base.purchase.void_time.GetCurrentTime()
+        base.purchase.refund_operation_ids.append(cancelled_by)
+        response = response_type(operation=base)
+        voided = replace(
+            new,
+            state=OperationState.VOIDED,
+            lease_s=0,
+            operation=base.SerializeToString(),
+            plan=store.NO_PLAN,
+            postings=[],
+            response=response.SerializeToString(),
+        )
         async with self.pool.acquire() as connection:
-            row = await store.find(connection, operation_id)
-        if row is None:
-            raise RuntimeError(f"operation {operation_id} vanished")
-        return await self._drive(row, response_type)
+            inserted = await store.insert(connection, voided)
+            existing = (
+                None
+                if inserted
+                else await store.find_by_key(connection, terminal_id=new.terminal_id, key=new.idempotency_key)
+            )
+        if existing is not None:
+            return await self._replay(existing, new.request_hash, response_type)
+        return response
 
     async def _live_purchase(self, terminal_id: str, receipt_id: str) -> str:
         async with self.pool.acquire() as connection:
@@ -858,28 +937,51 @@ class Flow:
             now=now,
             type_=OperationType.REFUND,
         )
+        return await self._refund_saga(
+            base,
+            lambda: self.find_reference(terminal, request.original),
+            returned=returned,
+            key=key,
+            digest=digest,
+            method="Refund",
+            response_type=p.RefundResponse,
+        )
+
+    async def _refund_saga(
+        self,
+        base: p.Operation,
+        locate: Callable[[], Awaitable[store.OperationRow]],
+        *,
+        returned: dict[int, int] | None,
+        key: str,
+        digest: bytes,
+        method: str,
+        response_type: type[ResponseT],
+    ) -> ResponseT:
+        """Plan a refund (or cancel) from the purchase as it stands, record it, and drive it;
+        planned again if another refund changed the purchase in between."""
         for _ in range(REFUND_PLAN_ATTEMPTS):
             try:
-                original = await self.find_reference(terminal, request.original)
+                original = await locate()
                 base.member_id = original.member_id
                 refund = await self._refund_operation(base, original, returned=returned, full=returned is None)
             except DomainError as refusal:
                 if refusal.reason in NOT_RECORDED:
                     raise
                 return await self._reject(
-                    base, refusal, key=key, digest=digest, method="Refund", response_type=p.RefundResponse
+                    base, refusal, key=key, digest=digest, method=method, response_type=response_type
                 )
-            new = _new_refund(refund.operation, original, refund.draft, key=key, digest=digest, method="Refund")
-            new = replace(new, terminal_id=terminal.terminal_id, lease_s=self.settings.lease_s, effective_time=now)
+            new = _new_refund(refund.operation, original, refund.draft, key=key, digest=digest, method=method)
+            new = replace(new, lease_s=self.settings.lease_s)
             async with self.pool.acquire() as connection:
                 outcome = await store.insert_refund(connection, new, planned_from=original.update_time)
                 existing = None
                 if outcome is store.RefundInsert.KEY_TAKEN:
-                    existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=key)
+                    existing = await store.find_by_key(connection, terminal_id=new.terminal_id, key=key)
             if outcome is store.RefundInsert.INSERTED:
-                return await self._drive_new(new.operation_id, p.RefundResponse)
+                return await self._drive_new(new.operation_id, response_type)
             if existing is not None:
-                return await self._replay(existing, digest, p.RefundResponse)
+                return await self._replay(existing, digest, response_type)
             if outcome is store.RefundInsert.IN_FLIGHT:
                 raise DomainError(
                     Reason.REQUEST_IN_PROGRESS, "another refund of this purchase is being processed; retry shortly"
@@ -1011,6 +1113,200 @@ class Flow:
             refunded=row.refunded,
         )
         return purchase, purchase_row.receipt
+
+    # -- offline -----------------------------------------------------------------------------------
+
+    async def upload_offline_batch(self, request: p.UploadOfflineBatchRequest) -> p.UploadOfflineBatchResponse:
+        terminal = await self.context.terminal(request.terminal_id)
+        if not terminal.offline_allowed:
+            raise DomainError(Reason.PERMISSION_DENIED, f"terminal {terminal.terminal_id} may not work offline")
+        return await run_once(
+            self.pool,
+            scope=f"terminal:{terminal.terminal_id}",
+            key=request.idempotency_key.key,
+            method="UploadOfflineBatch",
+            request=request,
+            response_type=p.UploadOfflineBatchResponse,
+            work=lambda: self._upload(request, terminal),
+        )
+
+    async def _upload(self, request: p.UploadOfflineBatchRequest, terminal: Any) -> p.UploadOfflineBatchResponse:
+        """The operations one after another, oldest first (a cancel may follow its sale)."""
+        response = p.UploadOfflineBatchResponse()
+        for index, operation in enumerate(request.operations):
+            result = await self._offline_operation(operation, terminal)
+            result.index = index
+            result.idempotency_key = operation.idempotency_key.key
+            response.results.append(result)
+        outcomes = [result.outcome for result in response.results]
+        response.accepted_count = outcomes.count(p.OFFLINE_OPERATION_OUTCOME_ACCEPTED)
+        response.rejected_count = outcomes.count(p.OFFLINE_OPERATION_OUTCOME_REJECTED)
+        response.retry_count = outcomes.count(p.OFFLINE_OPERATION_OUTCOME_RETRY)
+        return response
+
+    async def _offline_operation(self, operation: p.OfflineOperation, terminal: Any) -> p.OfflineOperationResult:
+        kind = operation.WhichOneof("kind")
+        method = "OfflineCancel" if kind == "cancel" else "OfflineAccrual"
+        key = operation.idempotency_key.key
+        spec = SaleSpec(
+            method=method,
+            key=key,
+            digest=fingerprint(method, operation),
+            at=operation.occurred_time.ToDatetime(tzinfo=UTC),
+            offline=True,
+            hold_ttl_s=0,
+            cashier_id=operation.cashier_id,
+        )
+        try:
+            violations = offline_violations(operation)
+            if violations:
+                raise invalid_argument(violations)
+            async with self.pool.acquire() as connection:
+                existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=key)
+            if existing is not None:  # a resend: the first answer, whatever the clock says now
+                result = await self._replay(existing, spec.digest, p.OfflineOperationResult)
+            else:
+                await self._check_offline_age(spec.at)
+                if kind == "cancel":
+                    result = await self._offline_cancel(operation, spec, terminal)
+                else:
+                    if operation.accrual.member.WhichOneof("kind") == "qr_token":
+                        raise DomainError(
+                            Reason.QR_TOKEN_EXPIRED, "QR tokens cannot be checked after the fact; send the card number"
+                        )
+                    result = await self._record_sale(operation.accrual, spec, terminal, p.OfflineOperationResult)
+        except DomainError as refusal:
+            return await self._offline_refusal(refusal, terminal.terminal_id, key)
+        result.outcome = p.OFFLINE_OPERATION_OUTCOME_ACCEPTED
+        return result
+
+    async def _check_offline_age(self, at: datetime) -> None:
+        settings = await self.context.settings()
+        if at < datetime.now(UTC) - settings.offline_max_age:
+            raise DomainError(
+                Reason.OFFLINE_OPERATION_TOO_OLD,
+                f"made {at.isoformat()}, older than the program's offline limit of {settings.offline_max_age}",
+            )
+
+    async def _offline_refusal(self, refusal: DomainError, terminal_id: str, key: str) -> p.OfflineOperationResult:
+        transient = refusal.reason in OFFLINE_RETRY
+        result = p.OfflineOperationResult(
+            outcome=p.OFFLINE_OPERATION_OUTCOME_RETRY if transient else p.OFFLINE_OPERATION_OUTCOME_REJECTED,
+            error_reason=reason_value(refusal.reason),
+            error_message=refusal.message,
+        )
+        if not transient:
+            async with self.pool.acquire() as connection:
+                recorded = await store.find_by_key(connection, terminal_id=terminal_id, key=key)
+            if recorded is not None:
+                result.operation.ParseFromString(recorded.operation)
+        return result
+
+    async def _offline_cancel(
+        self, operation: p.OfflineOperation, spec: SaleSpec, terminal: Any
+    ) -> p.OfflineOperationResult:
+        """Cancel a receipt of this terminal: a refund of what is left if it was captured, a void
+        if only authorized, remembered for later if its sale has not arrived (processing.proto)."""
+        base = _operation_base(
+            operation_id=new_operation_id(),
+            terminal=terminal,
+            request=operation,
+            receipt_id=operation.cancel.receipt_id,
+            now=spec.at,
+            type_=OperationType.CANCEL,
+        )
+        base.idempotency_key = spec.key
+        base.offline = True
+        base.create_time.GetCurrentTime()
+        base.cancel.reason = operation.cancel.reason
+        async with self.pool.acquire() as connection:
+            purchase = await store.purchase_to_cancel(
+                connection,
+                terminal_id=terminal.terminal_id,
+                receipt_id=operation.cancel.receipt_id,
+                cancel_operation_id=base.operation_id,
+            )
+        if purchase is None:
+            return await self._record_cancel(base, spec, purchase_id="")
+        base.member_id = purchase.member_id
+        if purchase.state is OperationState.PROCESSING:
+            raise DomainError(
+                Reason.REQUEST_IN_PROGRESS, "the receipt's sale is being processed; send the cancel again"
+            )
+        if purchase.state is OperationState.AUTHORIZED:
+            await self._void_authorization(purchase, resolution_key=spec.key)
+        elif purchase.state in ops.REFUNDABLE:
+            return await self._refund_saga(
+                base,
+                lambda: self._operation(purchase.operation_id),
+                returned=None,
+                key=spec.key,
+                digest=spec.digest,
+                method=spec.method,
+                response_type=p.OfflineOperationResult,
+            )
+        # Voided, expired, refunded or rejected: nothing is left to cancel.
+        return await self._record_cancel(base, spec, purchase_id=purchase.operation_id)
+
+    async def _void_authorization(self, row: store.OperationRow, *, resolution_key: str) -> None:
+        operation = p.Operation()
+        operation.ParseFromString(row.operation)
+        holds = tuple(ops.void_transfers(operation_id=row.operation_id, holds=row.postings))
+        await self._move_on(
+            row,
+            operation,
+            plan=store.Plan(OperationState.VOIDED, holds),
+            postings=[],
+            receipt=None,
+            resolution_key=resolution_key,
+            response_type=p.VoidResponse,
+        )
+
+    async def _operation(self, operation_id: str) -> store.OperationRow:
+        async with self.pool.acquire() as connection:
+            row = await store.find(connection, operation_id)
+        if row is None:
+            raise DomainError(Reason.OPERATION_NOT_FOUND, f"operation {operation_id} not found")
+        return row
+
+    async def _record_cancel(self, base: p.Operation, spec: SaleSpec, *, purchase_id: str) -> p.OfflineOperationResult:
+        """A cancel that moves nothing: its sale has not arrived, or nothing is left of it."""
+        base.state = p.OPERATION_STATE_COMPLETED
+        base.cancel.cancelled_operation_id = purchase_id
+        result = p.OfflineOperationResult(operation=base)
+        async with self.pool.acquire() as connection:
+            inserted = await store.insert(
+                connection,
+                store.NewOperation(
+                    operation_id=base.operation_id,
+                    type=OperationType.CANCEL,
+                    state=OperationState.COMPLETED,
+                    terminal_id=base.terminal_id,
+                    outlet_id=base.outlet_id,
+                    partner_id=base.partner_id,
+                    member_id=base.member_id,
+                    receipt_id=base.receipt_id,
+                    idempotency_key=spec.key,
+                    request_hash=spec.digest,
+                    method=spec.method,
+                    offline=True,
+                    original_operation_id=purchase_id or None,
+                    effective_time=spec.at,
+                    lease_s=0,
+                    expire_time=None,
+                    operation=base.SerializeToString(),
+                    receipt=None,
+                    plan=store.NO_PLAN,
+                    postings=[],
+                    response=result.SerializeToString(),
+                ),
+            )
+            existing = (
+                None if inserted else await store.find_by_key(connection, terminal_id=base.terminal_id, key=spec.key)
+            )
+        if existing is not None:
+            return await self._replay(existing, spec.digest, p.OfflineOperationResult)
+        return result
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -1171,6 +1467,36 @@ def _refund_stats(
     )
 
 
+def offline_violations(operation: p.OfflineOperation) -> list[FieldViolation]:
+    """What is wrong with one uploaded operation (it is REJECTED with INVALID_ARGUMENT)."""
+    violations = []
+    if not IDEMPOTENCY_KEY.fullmatch(operation.idempotency_key.key):
+        violations.append(FieldViolation("idempotency_key.key", "required: 8..128 characters from [A-Za-z0-9._:-]"))
+    if not operation.HasField("occurred_time"):
+        violations.append(FieldViolation("occurred_time", "required"))
+    elif operation.occurred_time.ToDatetime(tzinfo=UTC) > datetime.now(UTC) + OFFLINE_CLOCK_SKEW:
+        violations.append(FieldViolation("occurred_time", "more than 5 minutes in the future"))
+    if len(operation.cashier_id) > 64:
+        violations.append(FieldViolation("cashier_id", "at most 64 characters"))
+    kind = operation.WhichOneof("kind")
+    if kind is None:
+        violations.append(FieldViolation("kind", "required: accrual or cancel"))
+    elif kind == "accrual":
+        accrual = operation.accrual
+        if accrual.member.WhichOneof("kind") not in ("card_number", "phone", "qr_token"):
+            violations.append(FieldViolation("accrual.member", "required: card_number or phone"))
+        if not accrual.receipt.receipt_id:
+            violations.append(FieldViolation("accrual.receipt.receipt_id", "required"))
+        if len(accrual.fiscal_document_number) > 64:
+            violations.append(FieldViolation("accrual.fiscal_document_number", "at most 64 characters"))
+    else:
+        if not operation.cancel.receipt_id:
+            violations.append(FieldViolation("cancel.receipt_id", "required"))
+        if len(operation.cancel.reason) > 256:
+            violations.append(FieldViolation("cancel.reason", "at most 256 characters"))
+    return violations
+
+
 def _state_value(state: OperationState) -> p.OperationState.ValueType:
     return p.OperationState.Value(f"OPERATION_STATE_{state.name}")
 
@@ -1195,7 +1521,7 @@ def _operation_base(
         cashier_id=getattr(request, "cashier_id", ""),
         receipt_id=receipt_id,
         fiscal_document_number=getattr(request, "fiscal_document_number", ""),
-        idempotency_key=request.idempotency_key.key,
+        idempotency_key=request.idempotency_key.key if hasattr(request, "idempotency_key") else "",
     )
     operation.effective_time.FromDatetime(now)
     operation.create_time.FromDatetime(now)
@@ -1204,6 +1530,8 @@ def _operation_base(
 
 
 def _redemption_request(request: Any, settings: Any) -> rules.RedemptionRequest:
+    if isinstance(request, p.OfflineAccrual):  # offline sales only earn (processing.proto)
+        return rules.RedemptionRequest(points=0, maximum=False)
     points = request.redeem_points.amount_minor if request.HasField("redeem_points") else 0
     return rules.RedemptionRequest(points=points, maximum=request.redeem_maximum)
 

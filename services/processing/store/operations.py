@@ -436,18 +436,41 @@ async def list_operations(
     return [(bytes(r["operation"]), bytes(r["receipt"]) if r["receipt"] else None, r["create_time"]) for r in rows]
 
 
-async def early_cancel(connection: Connection, *, terminal_id: str, receipt_id: str) -> str | None:
-    return await connection.fetchval(  # type: ignore[no-any-return]
-        "SELECT operation_id FROM early_cancels WHERE terminal_id = $1 AND receipt_id = $2", terminal_id, receipt_id
-    )
+# An offline sale and an offline cancel of the same receipt may arrive at once (two uploads):
+# both take this transaction-scoped lock on the receipt first, so either the cancel sees the
+# sale, or the sale sees the remembered cancel; never neither.
+LOCK_RECEIPT = "SELECT pg_advisory_xact_lock(hashtextextended(length($1) || ':' || $1 || $2, 0))"
 
 
-async def remember_early_cancel(
-    connection: Connection, *, terminal_id: str, receipt_id: str, operation_id: str
-) -> None:
-    await connection.execute(
-        "INSERT INTO early_cancels (terminal_id, receipt_id, operation_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        terminal_id,
-        receipt_id,
-        operation_id,
-    )
+async def insert_offline_sale(connection: Connection, new: NewOperation) -> tuple[bool, str | None]:
+    """Record an offline sale unless its receipt's cancel arrived first: (inserted, the cancel's
+    operation id when it did, and nothing was inserted)."""
+    async with connection.transaction():
+        await connection.execute(LOCK_RECEIPT, new.terminal_id, new.receipt_id)
+        cancelled_by = await connection.fetchval(
+            "SELECT operation_id FROM early_cancels WHERE terminal_id = $1 AND receipt_id = $2",
+            new.terminal_id,
+            new.receipt_id,
+        )
+        if cancelled_by is not None:
+            return False, str(cancelled_by)
+        return await insert(connection, new), None
+
+
+async def purchase_to_cancel(
+    connection: Connection, *, terminal_id: str, receipt_id: str, cancel_operation_id: str
+) -> OperationRow | None:
+    """The receipt's purchase for an offline cancel; when it has not arrived, the cancel is
+    remembered (early_cancels) and None returned: the purchase is recorded VOIDED when it comes."""
+    async with connection.transaction():
+        await connection.execute(LOCK_RECEIPT, terminal_id, receipt_id)
+        purchase = await find_purchase_by_receipt(connection, terminal_id=terminal_id, receipt_id=receipt_id)
+        if purchase is None:
+            await connection.execute(
+                """INSERT INTO early_cancels (terminal_id, receipt_id, operation_id) VALUES ($1, $2, $3)
+                   ON CONFLICT DO NOTHING""",
+                terminal_id,
+                receipt_id,
+                cancel_operation_id,
+            )
+        return purchase
