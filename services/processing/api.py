@@ -28,6 +28,7 @@ from services.processing.store import operations as store
 from shared import outbox
 from shared.config import float_between, grpc_target, read_setting
 from shared.errors import DomainError, FieldViolation, invalid_argument
+from shared.replay_cache import ReplayCache
 from shared.server import Runtime
 from shared.servicers import add_service
 
@@ -36,6 +37,8 @@ TERMINAL_ID = re.compile(r".{1,64}", re.DOTALL)
 PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 50, 1000
 SHORT_TEXT_MAX = 64
 OFFLINE_BATCH_MAX = 500
+# Completed responses stay in the Redis fast path for the contract's 24 hours (PostgreSQL keeps them longer).
+REPLAY_TTL_S = 24 * 3600
 
 
 def _check(violations: Sequence[FieldViolation]) -> None:
@@ -132,12 +135,20 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServiceServicer):
         self.context = ProgramContext(
             runtime.pool, refresh_s=read_setting(read, "CONFIG_REFRESH_S", float_between(0.05, 60), 1.0)
         )
+        lease_s = read_setting(read, "OPERATION_LEASE_S", float_between(0.5, 300), 10.0)
         self.flow = Flow(
             pool=runtime.pool,
             context=self.context,
             downstream=self.downstream,
+            replays=ReplayCache(
+                runtime.redis,
+                prefix="processing:replay",
+                ttl_s=REPLAY_TTL_S,
+                lease_s=lease_s,
+                timeout_s=read_setting(read, "REDIS_DEADLINE_S", float_between(0.01, 5), 0.05),
+            ),
             settings=FlowSettings(
-                lease_s=read_setting(read, "OPERATION_LEASE_S", float_between(0.5, 300), 10.0),
+                lease_s=lease_s,
                 crash_at=read_setting(read, "CRASH_AT", crash_points, frozenset()),
             ),
         )

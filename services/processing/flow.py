@@ -52,6 +52,7 @@ from services.processing.store import operations as store
 from shared import outbox
 from shared.errors import DomainError, FieldViolation, Reason, invalid_argument
 from shared.idempotency import fingerprint, run_once
+from shared.replay_cache import ReplayCache
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 
@@ -191,6 +192,9 @@ class SaleSpec:
     # Authorize: the hold's lifetime; 0 captures at once.
     hold_ttl_s: int
     cashier_id: str
+    # The Redis fast path knows nothing of the key and marked it ours: skip the database lookup
+    # (the insert's unique key still catches a key the database knows, see _record_sale).
+    skip_lookup: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,12 +209,56 @@ class PlannedRefund:
 
 class Flow:
     def __init__(
-        self, *, pool: asyncpg.Pool, context: ProgramContext, downstream: Downstream, settings: FlowSettings
+        self,
+        *,
+        pool: asyncpg.Pool,
+        context: ProgramContext,
+        downstream: Downstream,
+        settings: FlowSettings,
+        replays: ReplayCache,
     ) -> None:
         self.pool = pool
         self.context = context
         self.downstream = downstream
         self.settings = settings
+        self.replays = replays
+
+    async def _once(
+        self,
+        request: Any,
+        *,
+        method: str,
+        response_type: type[ResponseT],
+        work: Callable[[bool], Awaitable[ResponseT]],
+    ) -> ResponseT:
+        """The Redis fast path around a write (shared/replay_cache.py): a completed request is
+        replayed from Redis and a running one answered ABORTED without touching PostgreSQL;
+        `work(skip_lookup)` runs otherwise. Redis down: work(False), the database path."""
+        scope = f"terminal:{request.terminal_id}"
+        key = request.idempotency_key.key
+        digest = fingerprint(method, request)
+        lookup = await self.replays.begin(scope, key)
+        if lookup.response is not None:
+            if lookup.digest != digest:
+                raise _key_reused(key)
+            cached = response_type()
+            cached.ParseFromString(lookup.response)
+            return cached
+        if lookup.in_flight:
+            raise DomainError(
+                Reason.REQUEST_IN_PROGRESS,
+                f"the request with key {key!r} is still running; retry with the same key",
+                metadata={"idempotencyKey": key},
+            )
+        try:
+            response = await work(lookup.marked)
+        except BaseException:
+            if lookup.marked:
+                await self.replays.release(scope, key)
+            raise
+        if lookup.marked:
+            await self.replays.complete(scope, key, digest, response.SerializeToString())
+        return response
 
     # -- identification ------------------------------------------------------------------------
 
@@ -360,12 +408,28 @@ class Flow:
     # -- purchase and authorization --------------------------------------------------------------
 
     async def purchase(self, request: p.PurchaseRequest) -> p.PurchaseResponse:
-        return await self._sale(request, method="Purchase", response_type=p.PurchaseResponse, authorize=False)
+        return await self._once(
+            request,
+            method="Purchase",
+            response_type=p.PurchaseResponse,
+            work=lambda skip_lookup: self._sale(
+                request, method="Purchase", response_type=p.PurchaseResponse, authorize=False, skip_lookup=skip_lookup
+            ),
+        )
 
     async def authorize(self, request: p.AuthorizeRequest) -> p.AuthorizeResponse:
-        return await self._sale(request, method="Authorize", response_type=p.AuthorizeResponse, authorize=True)
+        return await self._once(
+            request,
+            method="Authorize",
+            response_type=p.AuthorizeResponse,
+            work=lambda skip_lookup: self._sale(
+                request, method="Authorize", response_type=p.AuthorizeResponse, authorize=True, skip_lookup=skip_lookup
+            ),
+        )
 
-    async def _sale(self, request: Any, *, method: str, response_type: type[ResponseT], authorize: bool) -> ResponseT:
+    async def _sale(
+        self, request: Any, *, method: str, response_type: type[ResponseT], authorize: bool, skip_lookup: bool
+    ) -> ResponseT:
         terminal = await self.context.terminal(request.terminal_id)
         settings = await self.context.settings()
         spec = SaleSpec(
@@ -376,6 +440,7 @@ class Flow:
             offline=False,
             hold_ttl_s=_authorization_ttl_s(request, settings) if authorize else 0,
             cashier_id=request.cashier_id,
+            skip_lookup=skip_lookup,
         )
         return await self._record_sale(request, spec, terminal, response_type)
 
@@ -386,10 +451,11 @@ class Flow:
         receipt = rulesets.receipt_from_request(
             sale.receipt, settings=settings, terminal=terminal, field="receipt", receipt_id_required=True
         )
-        async with self.pool.acquire() as connection:
-            existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=spec.key)
-        if existing is not None:
-            return await self._replay(existing, spec.digest, response_type)
+        if not spec.skip_lookup:
+            async with self.pool.acquire() as connection:
+                existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=spec.key)
+            if existing is not None:
+                return await self._replay(existing, spec.digest, response_type)
         operation_id = new_operation_id()
         base = _operation_base(
             operation_id=operation_id,
@@ -561,11 +627,7 @@ class Flow:
 
     async def _replay(self, row: store.OperationRow, digest: bytes, response_type: type[ResponseT]) -> ResponseT:
         if row.request_hash != digest:
-            raise DomainError(
-                Reason.IDEMPOTENCY_KEY_REUSED,
-                f"idempotency key {row.idempotency_key!r} was already used with a different request; use a new key",
-                metadata={"idempotencyKey": row.idempotency_key},
-            )
+            raise _key_reused(row.idempotency_key)
         if row.state is OperationState.REJECTED:
             raise _stored_refusal(row)
         if row.response is not None:
@@ -918,10 +980,17 @@ class Flow:
     # -- refunds -----------------------------------------------------------------------------------
 
     async def refund(self, request: p.RefundRequest) -> p.RefundResponse:
+        if request.dry_run:
+            terminal = await self.context.terminal(request.terminal_id)
+            returned = None if request.mode == p.REFUND_MODE_FULL else rulesets.returned_quantities(request.lines)
+            return await self._preview_refund(terminal, request, returned)
+        return await self._once(
+            request, method="Refund", response_type=p.RefundResponse, work=lambda _: self._refund(request)
+        )
+
+    async def _refund(self, request: p.RefundRequest) -> p.RefundResponse:
         terminal = await self.context.terminal(request.terminal_id)
         returned = None if request.mode == p.REFUND_MODE_FULL else rulesets.returned_quantities(request.lines)
-        if request.dry_run:
-            return await self._preview_refund(terminal, request, returned)
         digest = fingerprint("Refund", request)
         key = request.idempotency_key.key
         async with self.pool.acquire() as connection:
@@ -1495,6 +1564,14 @@ def offline_violations(operation: p.OfflineOperation) -> list[FieldViolation]:
         if len(operation.cancel.reason) > 256:
             violations.append(FieldViolation("cancel.reason", "at most 256 characters"))
     return violations
+
+
+def _key_reused(key: str) -> DomainError:
+    return DomainError(
+        Reason.IDEMPOTENCY_KEY_REUSED,
+        f"idempotency key {key!r} was already used with a different request; use a new key",
+        metadata={"idempotencyKey": key},
+    )
 
 
 def _state_value(state: OperationState) -> p.OperationState.ValueType:
