@@ -145,7 +145,7 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServiceServicer):
                 prefix="processing:replay",
                 ttl_s=REPLAY_TTL_S,
                 lease_s=lease_s,
-                timeout_s=read_setting(read, "REDIS_DEADLINE_S", float_between(0.01, 5), 0.05),
+                timeout_s=read_setting(read, "REDIS_DEADLINE_S", float_between(0.01, 5), 0.25),
             ),
             settings=FlowSettings(
                 lease_s=lease_s,
