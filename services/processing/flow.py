@@ -339,10 +339,12 @@ class Flow:
             windows = sorted(
                 rules.spend_windows(rule_set, outlet=outlet, at=at), key=lambda w: (w.first_day, w.last_day)
             )
-            async with self.pool.acquire() as connection:
-                history = await store.member_history(
-                    connection, member.member_id, [(w.first_day, w.last_day) for w in windows]
-                )
+            history = store.NO_HISTORY
+            if rule_set.reads_member_history:
+                async with self.pool.acquire() as connection:
+                    history = await store.member_history(
+                        connection, member.member_id, [(w.first_day, w.last_day) for w in windows]
+                    )
             facts = rulesets.member_facts(
                 member.resolution,
                 purchase_count=history.purchase_count,
@@ -544,11 +546,13 @@ class Flow:
             postings=postings,
         )
         cancelled_by = None
+        recorded = None
         async with self.pool.acquire() as connection:
             if spec.offline:
                 inserted, cancelled_by = await store.insert_offline_sale(connection, new)
             else:
-                inserted = await store.insert(connection, new)
+                recorded = await store.insert_returning(connection, new)
+                inserted = recorded is not None
             existing = None
             if not inserted and cancelled_by is None:
                 existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=spec.key)
@@ -566,6 +570,8 @@ class Flow:
             return await self._reject(
                 base, taken, key=spec.key, digest=spec.digest, method=spec.method, response_type=response_type
             )
+        if recorded is not None:
+            return await self._drive(recorded, response_type)
         return await self._drive_new(operation_id, response_type)
 
     async def _record_cancelled_sale(
@@ -717,26 +723,34 @@ class Flow:
             operation.purchase.void_time.FromDatetime(now)
         settings = await self.context.settings()
         zone = ZoneInfo(settings.time_zone)
+        if row.type is OperationType.PURCHASE:
+            response = response_type(operation=operation, balances=balances)
+            async with self.pool.acquire() as connection:
+                await store.record_outcome(
+                    connection,
+                    row.operation_id,
+                    state=target,
+                    operation=operation.SerializeToString(),
+                    response=response.SerializeToString(),
+                    expire_time=row.expire_time if target is OperationState.AUTHORIZED else None,
+                    stats=_stats_change(operation, row, zone) if target is OperationState.CAPTURED else None,
+                    events=_events(operation, balances, target),
+                )
+            crash_point(self.settings, "after_record")
+            return response
+        # A refund or cancel settles its purchase in the same transaction as its own outcome.
         async with self.pool.acquire() as connection, connection.transaction():
-            if row.type is OperationType.PURCHASE:
-                response = response_type(operation=operation, balances=balances)
-                events = _events(operation, balances, target)
-                if target is OperationState.CAPTURED:
-                    await store.record_stats(connection, _stats_change(operation, row, zone))
-            else:  # a refund or cancel settles its purchase in the same transaction
-                purchase, purchase_receipt = await self._settle_purchase(connection, row, operation, now)
-                response = _refund_response(response_type, operation, purchase, balances)
-                events = _refund_events(operation, purchase, balances)
-                await store.record_stats(connection, _refund_stats(operation, purchase, purchase_receipt, zone))
+            purchase, purchase_receipt = await self._settle_purchase(connection, row, operation, now)
+            response = _refund_response(response_type, operation, purchase, balances)
+            await store.record_stats(connection, _refund_stats(operation, purchase, purchase_receipt, zone))
             await store.update(
                 connection,
                 row.operation_id,
                 state=target,
                 operation=operation.SerializeToString(),
                 response=response.SerializeToString(),
-                expire_time=row.expire_time if target is OperationState.AUTHORIZED else None,
             )
-            await store.add_events(connection, events)
+            await store.add_events(connection, _refund_events(operation, purchase, balances))
         crash_point(self.settings, "after_record")
         return response
 

@@ -430,6 +430,19 @@ class RuleSet:
     def zone(self) -> ZoneInfo:
         return _zone(self.time_zone)
 
+    @functools.cached_property
+    def reads_member_history(self) -> bool:
+        """Whether any rule needs the member's past (MemberFacts counts, rule uses, spend):
+        conditions may read it, usage limits and cumulative tiers do. When none does, the flow
+        skips reading it (a database round trip per purchase)."""
+        return any(
+            rule.condition is not None
+            or rule.condition_error
+            or rule.max_uses_per_member
+            or (isinstance(rule.reward, ProgressiveReward) and rule.reward.basis is ProgressiveBasis.CUMULATIVE)
+            for rule in self.rules
+        )
+
     def rules_in_force(self, *, partner_id: str, at: datetime) -> tuple[EarningRule, ...]:
         """Rules whose own validity, campaign and partner admit an operation at `at`."""
         return tuple(rule for rule in self.rules if self._in_force(rule, partner_id=partner_id, at=at))

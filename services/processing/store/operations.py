@@ -190,14 +190,19 @@ async def find_purchase_by_receipt(connection: Connection, *, terminal_id: str, 
 
 async def insert(connection: Connection, new: NewOperation) -> bool:
     """Record a new operation; False when its key or (for a live purchase) its receipt is taken."""
-    inserted = await connection.fetchval(
-        """INSERT INTO operations (operation_id, type, state, terminal_id, outlet_id, partner_id, member_id,
+    return await insert_returning(connection, new) is not None
+
+
+async def insert_returning(connection: Connection, new: NewOperation) -> OperationRow | None:
+    """`insert`, returning the recorded row (no second round trip to read it back)."""
+    record = await connection.fetchrow(
+        f"""INSERT INTO operations (operation_id, type, state, terminal_id, outlet_id, partner_id, member_id,
                receipt_id, idempotency_key, request_hash, method, offline, original_operation_id, effective_time,
                lease_until, expire_time, operation, receipt, plan, postings, response, refunded)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
                    CASE WHEN $15::float8 > 0 THEN now() + make_interval(secs => $15::float8) END,
                    $16, $17, $18, $19, $20, $21, $22)
-           ON CONFLICT DO NOTHING RETURNING true""",
+           ON CONFLICT DO NOTHING RETURNING {COLUMNS}""",
         new.operation_id,
         int(new.type),
         int(new.state),
@@ -221,7 +226,7 @@ async def insert(connection: Connection, new: NewOperation) -> bool:
         new.response,
         dump_refunded(new.refunded or {}),
     )
-    return bool(inserted)
+    return _row(record) if record else None
 
 
 class RefundInsert(Enum):
@@ -303,19 +308,72 @@ async def update(
     )
 
 
-async def record_stats(connection: Connection, change: StatsChange) -> None:
-    uses = json.dumps({rule_id: 1 for rule_id in change.rule_ids})
+async def record_outcome(
+    connection: Connection,
+    operation_id: str,
+    *,
+    state: OperationState,
+    operation: bytes,
+    response: bytes,
+    expire_time: datetime | None,
+    stats: StatsChange | None,
+    events: Sequence[EventRow],
+) -> None:
+    """A sale's outcome in ONE statement (one round trip, atomic like a transaction): the
+    operation's state and response, the member's statistics, and the outbox events."""
+    uses = json.dumps({rule_id: 1 for rule_id in stats.rule_ids}) if stats else "{}"
     await connection.execute(
-        """INSERT INTO member_stats AS s (member_id, purchase_count, app_purchase_count, rule_uses)
-           VALUES ($1, $2, $3, $4::jsonb)
-           ON CONFLICT (member_id) DO UPDATE SET
-               purchase_count = s.purchase_count + EXCLUDED.purchase_count,
+        f"""WITH outcome AS (
+                UPDATE operations SET state = $2, operation = $3, plan = $4, response = COALESCE(response, $5),
+                    expire_time = $6, update_time = now(), lease_until = NULL
+                WHERE operation_id = $1
+            ), stats AS (
+                INSERT INTO member_stats AS s (member_id, purchase_count, app_purchase_count, rule_uses)
+                SELECT $7, $8::bigint, $9::bigint, $10::jsonb WHERE $7 <> ''
+                ON CONFLICT (member_id) DO UPDATE SET {MERGE_STATS}
+            ), spend AS (
+                INSERT INTO member_daily_spend AS d (member_id, day, amount)
+                SELECT $7, $11::date, $12::bigint WHERE $7 <> '' AND $11::date IS NOT NULL AND $12::bigint <> 0
+                ON CONFLICT (member_id, day) DO UPDATE SET amount = d.amount + EXCLUDED.amount
+            )
+            INSERT INTO outbox (event_id, event_type, partition_key, payload)
+            SELECT * FROM unnest($13::uuid[], $14::text[], $15::text[], $16::bytea[])""",
+        operation_id,
+        int(state),
+        operation,
+        dump_plan(NO_PLAN),
+        response,
+        expire_time,
+        stats.member_id if stats else "",
+        stats.purchases if stats else 0,
+        stats.app_purchases if stats else 0,
+        uses,
+        stats.day if stats else None,
+        stats.spend if stats else 0,
+        [event[0] for event in events],
+        [event[1] for event in events],
+        [event[2] for event in events],
+        [event[3] for event in events],
+    )
+
+
+# Adds a statistics change (EXCLUDED) to a member's row (s), summing rule uses key by key.
+MERGE_STATS = """purchase_count = s.purchase_count + EXCLUDED.purchase_count,
                app_purchase_count = s.app_purchase_count + EXCLUDED.app_purchase_count,
                rule_uses = (SELECT COALESCE(jsonb_object_agg(key, to_jsonb(total)), '{}'::jsonb) FROM (
                    SELECT key, sum(value::bigint) AS total FROM (
                        SELECT * FROM jsonb_each_text(s.rule_uses)
                        UNION ALL SELECT * FROM jsonb_each_text(EXCLUDED.rule_uses)) AS both_sides
-                   GROUP BY key) AS totals)""",
+                   GROUP BY key) AS totals)"""
+
+
+async def record_stats(connection: Connection, change: StatsChange) -> None:
+    uses = json.dumps({rule_id: 1 for rule_id in change.rule_ids})
+    await connection.execute(
+        """INSERT INTO member_stats AS s (member_id, purchase_count, app_purchase_count, rule_uses)
+           VALUES ($1, $2, $3, $4::jsonb)
+           ON CONFLICT (member_id) DO UPDATE SET """
+        + MERGE_STATS,
         change.member_id,
         change.purchases,
         change.app_purchases,
@@ -344,6 +402,9 @@ class MemberHistory:
     app_purchase_count: int
     rule_uses: dict[str, int]
     spend_by_window: dict[tuple[date, date], int]
+
+
+NO_HISTORY = MemberHistory(purchase_count=0, app_purchase_count=0, rule_uses={}, spend_by_window={})
 
 
 async def member_history(connection: Connection, member_id: str, windows: Sequence[tuple[date, date]]) -> MemberHistory:
