@@ -5,6 +5,9 @@
 2. One database per service, migrated (dbmate creates it when missing).
 3. The five services as child processes; each is waited for until SERVING, then the addresses
    are printed.
+3a. Unless --no-demo: the demo program (services/cli/seed.py DEMO_PLAN) is loaded through the
+   public APIs, idempotently (a restart on the same ./.data changes nothing), and a terminal id,
+   a card number and a phone to try are printed.
 4. A child that dies is reported with its exit code and restarted with backoff; one that keeps
    dying (5 times within 60 s) stops the whole stack with a non-zero exit, so it is never lost
    silently.
@@ -23,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.cli import seed
 from services.cli.health import check
 from shared.config import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, SERVICES, database_name, with_database
 from shared.db import migrate
@@ -67,8 +71,9 @@ class Child:
 
 
 class Stack:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, demo: bool = True) -> None:
         self.data_dir = data_dir
+        self.demo = demo
         self.postgres: EmbeddedPostgres | None = None
         self.redis: EmbeddedRedis | None = None
         self.children: list[Child] = []
@@ -115,6 +120,8 @@ class Stack:
             if not await self.wait_until_serving():
                 return 0 if self.stopping.is_set() else 1
             self.print_addresses()
+            if self.demo:
+                await self.load_demo()
             return await self.supervise()
         finally:
             await self.stop_children()
@@ -148,6 +155,33 @@ class Stack:
             metrics = os.environ.get(f"LOYALTY_{service.upper()}_METRICS_PORT", DEFAULT_METRICS_PORTS[service])
             print(f"    {service:<14} grpc {self.target(service):<16}  metrics http://127.0.0.1:{metrics}/metrics")
         say("try: loyalty health   |   Ctrl-C stops everything")
+
+    async def load_demo(self) -> None:
+        """Seed the demo plan; a Ctrl-C meanwhile stops the seeding and the stack. A failure is
+        reported and the services stay up: the operator can rerun `loyalty seed`."""
+        say("loading the demo program (skip with --no-demo)")
+        seeding = asyncio.create_task(
+            seed.seed_and_time(
+                processing_target=self.target("processing"),
+                cards_target=self.target("cards"),
+                wallet_target=self.target("wallet"),
+                plan=seed.DEMO_PLAN,
+                say=say,
+            )
+        )
+        stop_waiter = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait([seeding, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+        stop_waiter.cancel()
+        if not seeding.done():
+            seeding.cancel()  # stopping anyway: supervise() returns at once
+            return
+        try:
+            seeded = seeding.result()
+        except Exception as error:
+            say(f"demo data NOT loaded: {seed.describe(error)}; rerun with `loyalty seed`")
+            return
+        for line in seed.summary(seeded, self.target("processing")):
+            print(f"    {line}", flush=True)
 
     async def supervise(self) -> int:
         exit_code = 0
@@ -193,6 +227,6 @@ class Stack:
                 await child.process.wait()
 
 
-def run() -> int:
+def run(*, demo: bool = True) -> int:
     data_dir = Path(os.environ.get("LOYALTY_DATA_DIR", REPO_ROOT / ".data")).resolve()
-    return asyncio.run(Stack(data_dir).run())
+    return asyncio.run(Stack(data_dir, demo=demo).run())

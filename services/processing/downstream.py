@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +27,15 @@ from shared.clients import create_channel
 from shared.errors import DomainError, FieldViolation, Reason
 
 ACTOR = types_pb2.Actor(type=types_pb2.ACTOR_TYPE_SYSTEM, id="processing")
+# What a register may retry with the same key. ABORTED: the dependency's own idempotency says the
+# same request is still running (e.g. two processing processes opening one system account).
 TRANSIENT_CODES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
 )
 ACCOUNT_CACHE_SIZE = 200_000
 
@@ -79,6 +87,7 @@ class Downstream:
         self._sub_accounts: OrderedDict[str, tuple[SubAccount, ...]] = OrderedDict()
         self._system_accounts: dict[tuple[str, int, str, int], str] = {}
         self._kinds: dict[str, dict[str, wallet_pb2.AccountPolicy]] = {}
+        self._opening: dict[tuple[str, int, str, int], asyncio.Future[str]] = {}
 
     async def close(self) -> None:
         await self._cards_channel.close()
@@ -176,6 +185,25 @@ class Downstream:
     ) -> str:
         """The program-level system account of a role and unit, opened on first use."""
         cache_key = (program_id, role, unit.currency_code, unit.scale)
+        account_id = self._system_accounts.get(cache_key)
+        if account_id is not None:
+            return account_id
+        # One open per account however many purchases arrive at once after a start: concurrent
+        # opens under one key would be ABORTED (in progress) by the wallet's idempotency.
+        opening = self._opening.get(cache_key)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open_system_account(program_id, role, unit, cache_key))
+            self._opening[cache_key] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(cache_key, None))
+        return await asyncio.shield(opening)
+
+    async def _open_system_account(
+        self,
+        program_id: str,
+        role: wallet_pb2.SystemAccountRole.ValueType,
+        unit: wallet_pb2.Unit,
+        cache_key: tuple[str, int, str, int],
+    ) -> str:
         account_id = self._system_accounts.get(cache_key)
         if account_id is None:
             key = f"processing.system.{program_id}.{role}.{unit.type}.{unit.currency_code or 'points'}.{unit.scale}"
