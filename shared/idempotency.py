@@ -47,8 +47,11 @@ async def run_once(
     request: Message,
     response_type: type[ResponseT],
     work: Callable[[], Awaitable[ResponseT]],
+    claim_timeout: timedelta = CLAIM_TIMEOUT,
 ) -> ResponseT:
-    """Run `work` at most once per (scope, key) with effect; replays get the stored response."""
+    """Run `work` at most once per (scope, key) with effect; replays get the stored response.
+    A claim older than `claim_timeout` is taken over (its request died): work that guards
+    itself with a shorter lease passes that lease here, so a retry after a crash need not wait."""
     digest = fingerprint(method, request)
     async with pool.acquire() as connection:
         claimed = await connection.fetchval(
@@ -61,7 +64,14 @@ async def run_once(
             digest,
         )
         if not claimed:
-            stored = await _existing(connection, scope=scope, key=key, digest=digest, response_type=response_type)
+            stored = await _existing(
+                connection,
+                scope=scope,
+                key=key,
+                digest=digest,
+                response_type=response_type,
+                claim_timeout=claim_timeout,
+            )
             if stored is not None:
                 return stored
     try:
@@ -81,7 +91,13 @@ async def run_once(
 
 
 async def _existing(
-    connection: Connection, *, scope: str, key: str, digest: bytes, response_type: type[ResponseT]
+    connection: Connection,
+    *,
+    scope: str,
+    key: str,
+    digest: bytes,
+    response_type: type[ResponseT],
+    claim_timeout: timedelta,
 ) -> ResponseT | None:
     """The stored response; None when an abandoned claim was taken over (the caller runs the work)."""
     row = await connection.fetchrow(
@@ -111,7 +127,7 @@ async def _existing(
         response = response_type()
         response.ParseFromString(bytes(row["response"]))
         return response
-    if row["age"] < CLAIM_TIMEOUT:
+    if row["age"] < claim_timeout:
         raise _in_progress(key)
     took_over = await connection.fetchval(
         "UPDATE idempotency_keys SET claim_time = now() WHERE scope = $1 AND key = $2 AND claim_time = $3"

@@ -73,6 +73,14 @@ WALLET_REFUSALS: dict[str, Reason] = {
     "BALANCE_LIMIT_EXCEEDED": Reason.LIMIT_EXCEEDED,
 }
 SUCCESS = (wallet_pb2.TRANSFER_RESULT_CODE_CREATED, wallet_pb2.TRANSFER_RESULT_CODE_EXISTS)
+# A void of a hold the wallet already released (at its deadline, or an earlier void) has reached
+# its goal: the points are free again.
+HOLD_GONE = frozenset(
+    {
+        wallet_pb2.TRANSFER_RESULT_CODE_PENDING_TRANSFER_EXPIRED,
+        wallet_pb2.TRANSFER_RESULT_CODE_PENDING_TRANSFER_ALREADY_VOIDED,
+    }
+)
 # Refusals answered without recording an operation under the key: bad input, an unknown till, and
 # transient conditions the register retries with the same key.
 NOT_RECORDED = frozenset(
@@ -700,13 +708,16 @@ class Flow:
     async def _drive(self, row: store.OperationRow, response_type: type[ResponseT]) -> ResponseT:
         """Send the operation's plan to the wallet and record the outcome (the saga's steps 2-3)."""
         target, transfers = row.plan.target, row.plan.transfers
-        chain = [_to_wallet(t, row, linked=i < len(transfers) - 1) for i, t in enumerate(transfers)]
+        # Releasing holds (void, expiry) is not a chain: each release reaches the goal on its own,
+        # also when the wallet already released the hold at its deadline.
+        releasing = target in (OperationState.VOIDED, OperationState.EXPIRED)
+        chain = [_to_wallet(t, row, linked=not releasing and i < len(transfers) - 1) for i, t in enumerate(transfers)]
         crash_point(self.settings, "after_insert")
         results = await self.downstream.transfer(chain)
         crash_point(self.settings, "after_wallet")
         operation = p.Operation()
         operation.ParseFromString(row.operation)
-        refusal = wallet_failure(results)
+        refusal = wallet_failure([r for r in results if not (releasing and r.code in HOLD_GONE)])
         now = datetime.now().astimezone()
         operation.update_time.FromDatetime(now)
         if refusal is not None:
@@ -787,6 +798,7 @@ class Flow:
             method="Capture",
             request=request,
             response_type=p.CaptureResponse,
+            claim_timeout=timedelta(seconds=self.settings.lease_s),
             work=lambda: self._capture(request, terminal),
         )
 
@@ -867,6 +879,7 @@ class Flow:
             method="Void",
             request=request,
             response_type=p.VoidResponse,
+            claim_timeout=timedelta(seconds=self.settings.lease_s),
             work=lambda: self._void(request, terminal),
         )
 
