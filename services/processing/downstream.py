@@ -7,14 +7,17 @@
   fixed for life) and the program's system accounts.
 * A downstream that is down or too slow becomes DEPENDENCY_UNAVAILABLE (UNAVAILABLE with a
   retry delay): the register retries with the same key, and nothing is decided meanwhile.
+  A coalesced request waits at most its dependency's deadline in all: queued behind hung calls
+  for a free one, then in its call (else a burst during a freeze waited two deadlines).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from grpc import aio
@@ -38,6 +41,7 @@ TRANSIENT_CODES = frozenset(
     }
 )
 ACCOUNT_CACHE_SIZE = 200_000
+ResultT = TypeVar("ResultT")
 
 
 def reason_of(value: errors_pb2.ErrorReason.ValueType) -> Reason:
@@ -55,6 +59,19 @@ def unavailable(service: str, error: aio.AioRpcError) -> DomainError:
         f"{service} did not answer ({error.code().name}); retry with the same key",
         metadata={"dependency": service},
     )
+
+
+async def within(service: str, deadline_s: float, work: Awaitable[ResultT]) -> ResultT:
+    """`work` (a coalesced request: its wait for a call, then the call), bounded by the deadline."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await work
+    except TimeoutError:
+        raise DomainError(
+            Reason.DEPENDENCY_UNAVAILABLE,
+            f"{service} did not answer within {deadline_s} s; retry with the same key",
+            metadata={"dependency": service},
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -105,7 +122,7 @@ class Downstream:
             actor=types_pb2.Actor(type=types_pb2.ACTOR_TYPE_TERMINAL, id=terminal_id),
             include_member_cards=with_cards,
         )
-        result = await self._resolver.submit(request)
+        result = await within("cards", self.deadlines.cards_s, self._resolver.submit(request))
         if result.HasField("error"):
             reason = reason_of(result.error.reason)
             error = result.error
@@ -127,7 +144,7 @@ class Downstream:
         """Apply one operation's transfers (already linked as the caller wants) in a shared call."""
         if not chain:
             return []
-        return await self._transfers.submit(chain)
+        return await within("wallet", self.deadlines.wallet_s, self._transfers.submit(chain))
 
     async def _create_transfers(
         self, chains: Sequence[Sequence[wallet_pb2.Transfer]]
