@@ -952,6 +952,7 @@ class Flow:
         response_type: type[ResponseT],
     ) -> ResponseT:
         """AUTHORIZED -> PROCESSING with the plan (the recovery point), then drive it."""
+        operation.state = p.OPERATION_STATE_PROCESSING  # what GetOperation shows meanwhile
         async with self.pool.acquire() as connection, connection.transaction():
             current = await store.find(connection, row.operation_id, for_update=True)
             if current is None or current.state is not OperationState.AUTHORIZED:
