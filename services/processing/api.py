@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
@@ -97,7 +97,7 @@ def _reference(reference: p.OperationReference, field: str) -> list[FieldViolati
 
 
 def _time(value: object, *, present: bool) -> datetime | None:
-    return value.ToDatetime().astimezone() if present else None  # type: ignore[attr-defined]
+    return value.ToDatetime(tzinfo=UTC) if present else None  # type: ignore[attr-defined]
 
 
 def _cursor(token: str) -> tuple[datetime, str] | None:

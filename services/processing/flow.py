@@ -599,16 +599,8 @@ class Flow:
             postings=[],
             response=response.SerializeToString(),
         )
-        async with self.pool.acquire() as connection:
-            inserted = await store.insert(connection, voided)
-            existing = (
-                None
-                if inserted
-                else await store.find_by_key(connection, terminal_id=new.terminal_id, key=new.idempotency_key)
-            )
-        if existing is not None:
-            return await self._replay(existing, new.request_hash, response_type)
-        return response
+        earlier = await self._record_finished(voided, response_type)
+        return earlier if earlier is not None else response
 
     async def _live_purchase(self, terminal_id: str, receipt_id: str) -> str:
         async with self.pool.acquire() as connection:
@@ -675,34 +667,17 @@ class Flow:
         base.rejection_reason = reason_value(refusal.reason)
         base.rejection_message = refusal.message
         base.ClearField("purchase")
-        rejected = store.NewOperation(
-            operation_id=base.operation_id,
-            type=OperationType(base.type),
+        rejected = _row_of(
+            base,
             state=OperationState.REJECTED,
-            terminal_id=base.terminal_id,
-            outlet_id=base.outlet_id,
-            partner_id=base.partner_id,
-            member_id=base.member_id,
-            receipt_id=base.receipt_id,
-            idempotency_key=key,
-            request_hash=digest,
+            key=key,
+            digest=digest,
             method=method,
-            offline=base.offline,
-            original_operation_id=None,
-            effective_time=base.effective_time.ToDatetime().astimezone(),
-            lease_s=0,
-            expire_time=None,
-            operation=base.SerializeToString(),
-            receipt=None,
-            plan=store.NO_PLAN,
-            postings=[],
             response=json.dumps({"metadata": dict(refusal.metadata)}).encode(),
         )
-        async with self.pool.acquire() as connection:
-            inserted = await store.insert(connection, rejected)
-            existing = None if inserted else await store.find_by_key(connection, terminal_id=base.terminal_id, key=key)
-        if existing is not None:
-            return await self._replay(existing, digest, response_type)
+        earlier = await self._record_finished(rejected, response_type)
+        if earlier is not None:
+            return earlier
         raise refusal
 
     async def _drive(self, row: store.OperationRow, response_type: type[ResponseT]) -> ResponseT:
@@ -836,7 +811,7 @@ class Flow:
                 receipt=receipt,
                 terminal=terminal,
                 member=member,
-                at=authorized.effective_time.ToDatetime().astimezone(),
+                at=authorized.effective_time.ToDatetime(tzinfo=UTC),
                 redemption=rules.RedemptionRequest(points=final_redemption),
                 views=None,
             )
@@ -1371,39 +1346,31 @@ class Flow:
         base.state = p.OPERATION_STATE_COMPLETED
         base.cancel.cancelled_operation_id = purchase_id
         result = p.OfflineOperationResult(operation=base)
+        cancel = _row_of(
+            base,
+            state=OperationState.COMPLETED,
+            key=spec.key,
+            digest=spec.digest,
+            method=spec.method,
+            original_operation_id=purchase_id or None,
+            response=result.SerializeToString(),
+        )
+        earlier = await self._record_finished(cancel, p.OfflineOperationResult)
+        return earlier if earlier is not None else result
+
+    async def _record_finished(self, new: store.NewOperation, response_type: type[ResponseT]) -> ResponseT | None:
+        """Record an operation that needs no saga (rejected, or moving nothing): None when it is
+        recorded, else the earlier answer of its key (a retry raced this one)."""
         async with self.pool.acquire() as connection:
-            inserted = await store.insert(
-                connection,
-                store.NewOperation(
-                    operation_id=base.operation_id,
-                    type=OperationType.CANCEL,
-                    state=OperationState.COMPLETED,
-                    terminal_id=base.terminal_id,
-                    outlet_id=base.outlet_id,
-                    partner_id=base.partner_id,
-                    member_id=base.member_id,
-                    receipt_id=base.receipt_id,
-                    idempotency_key=spec.key,
-                    request_hash=spec.digest,
-                    method=spec.method,
-                    offline=True,
-                    original_operation_id=purchase_id or None,
-                    effective_time=spec.at,
-                    lease_s=0,
-                    expire_time=None,
-                    operation=base.SerializeToString(),
-                    receipt=None,
-                    plan=store.NO_PLAN,
-                    postings=[],
-                    response=result.SerializeToString(),
-                ),
-            )
+            inserted = await store.insert(connection, new)
             existing = (
-                None if inserted else await store.find_by_key(connection, terminal_id=base.terminal_id, key=spec.key)
+                None
+                if inserted
+                else await store.find_by_key(connection, terminal_id=new.terminal_id, key=new.idempotency_key)
             )
-        if existing is not None:
-            return await self._replay(existing, spec.digest, p.OfflineOperationResult)
-        return result
+        if existing is None:
+            return None
+        return await self._replay(existing, new.request_hash, response_type)
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -1490,29 +1457,48 @@ def _new_refund(
     method: str,
 ) -> store.NewOperation:
     """The refund's row: its plan, and the purchase's postings and refunded lines after it."""
-    return store.NewOperation(
-        operation_id=operation.operation_id,
-        type=OperationType(operation.type),
+    return _row_of(
+        operation,
         state=OperationState.PROCESSING,
-        terminal_id=operation.terminal_id,
-        outlet_id=operation.outlet_id,
-        partner_id=operation.partner_id,
-        member_id=operation.member_id,
-        receipt_id=operation.receipt_id,
-        idempotency_key=key,
-        request_hash=digest,
+        key=key,
+        digest=digest,
         method=method,
-        offline=operation.offline,
         original_operation_id=purchase.operation_id,
-        effective_time=operation.effective_time.ToDatetime().astimezone(),
-        lease_s=0,
-        expire_time=None,
-        operation=operation.SerializeToString(),
-        receipt=None,
         plan=store.Plan(OperationState.COMPLETED, tuple(draft.transfers)),
         postings=draft.postings_after,
         refunded=draft.refunded_after,
     )
+
+
+def _row_of(
+    operation: p.Operation, *, state: OperationState, key: str, digest: bytes, method: str, **fields: Any
+) -> store.NewOperation:
+    """A new row recording `operation` as it stands; `fields` are what differs from an operation
+    that has no purchase, plan, lease or response."""
+    values: dict[str, Any] = {
+        "operation_id": operation.operation_id,
+        "type": OperationType(operation.type),
+        "state": state,
+        "terminal_id": operation.terminal_id,
+        "outlet_id": operation.outlet_id,
+        "partner_id": operation.partner_id,
+        "member_id": operation.member_id,
+        "receipt_id": operation.receipt_id,
+        "idempotency_key": key,
+        "request_hash": digest,
+        "method": method,
+        "offline": operation.offline,
+        "original_operation_id": None,
+        "effective_time": operation.effective_time.ToDatetime(tzinfo=UTC),
+        "lease_s": 0,
+        "expire_time": None,
+        "operation": operation.SerializeToString(),
+        "receipt": None,
+        "plan": store.NO_PLAN,
+        "postings": [],
+    }
+    values.update(fields)
+    return store.NewOperation(**values)
 
 
 def _refund_response(
