@@ -13,7 +13,7 @@ AGAINST ?= .git\#branch=main,subdir=protos
 # The released v1 contract; CI checks every change against it (see `make proto-baseline`).
 BASELINE := protos/baseline/loyalty-v1.binpb
 
-.PHONY: install proto run test lint format proto-breaking proto-breaking-baseline proto-baseline bench clean
+.PHONY: install proto run test lint format proto-breaking proto-breaking-baseline proto-baseline bench load clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required (set PYTHON=...)"'
@@ -43,6 +43,14 @@ bench: proto
 	$(BIN)/python -m loadtests.bench_calibration --runs 3 --seconds 5 --in-flight 64
 	$(BIN)/python -m loadtests.bench_wallet --runs 3 --seconds 5
 	$(BIN)/python -m loadtests.bench_cards --runs 3 --seconds 5
+	$(BIN)/python -m loadtests.bench_processing --runs 3 --seconds 5 --members 10000 --py-spy .data/bench-processing
+
+# The whole stack on .data/load (the seeded data set is kept there and reused), locust headless
+# for LOAD_TIME with LOAD_USERS users, reports in loadtests/reports/locust/; fails on any failure.
+LOAD_TIME  ?= 60s
+LOAD_USERS ?= 10
+load: proto
+	$(BIN)/python -m loadtests.locust --run-time $(LOAD_TIME) --users $(LOAD_USERS)
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -1,0 +1,84 @@
+"""How much work one request causes across the platform, read from what the platform already
+counts: the gRPC calls each service served (grpc_server_handled_total on its /metrics), the
+transactions each service database committed (pg_stat_database: an autocommit statement is a
+transaction of its own, so this counts database round trips that end in a commit, roughly), and
+the commands Redis processed (INFO stats; Redis is shared by all services).
+Read before and after a step; the difference divided by the requests is "per request".
+PostgreSQL publishes its statistics within about a second, so read them after a pause."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import asyncpg
+from redis.asyncio import Redis
+
+HANDLED = "grpc_server_handled_total{"
+HEALTH_SERVICES = ("grpc.health.v1.Health",)
+
+
+def rpc_counts(metrics_text: str, service: str) -> dict[str, float]:
+    """ "<service>.<Method>" -> calls handled (every status code), health checks left out."""
+    counts: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if not line.startswith(HANDLED):
+            continue
+        labels_text, _, value = line[len(HANDLED) :].rpartition("} ")
+        labels = dict(_label(pair) for pair in labels_text.split('",') if pair)
+        if labels.get("grpc_service") in HEALTH_SERVICES:
+            continue
+        name = f"{service}.{labels.get('grpc_method', '?')}"
+        counts[name] = counts.get(name, 0.0) + float(value)
+    return counts
+
+
+def _label(pair: str) -> tuple[str, str]:
+    key, _, value = pair.partition("=")
+    return key, value.strip('"')
+
+
+def _fetch(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+@dataclass(frozen=True)
+class Counters:
+    metrics_addresses: Mapping[str, str]  # service -> host:port of its /metrics
+    database_url: str  # the PostgreSQL server (any database on it)
+    databases: Mapping[str, str]  # database name -> the service it belongs to
+    redis_url: str
+
+    async def read(self) -> dict[str, float]:
+        counts: dict[str, float] = {}
+        for service, address in self.metrics_addresses.items():
+            counts.update(rpc_counts(await asyncio.to_thread(_fetch, address), service))
+        counts.update(await self._transactions())
+        counts["redis.commands"] = await self._redis_commands()
+        return counts
+
+    async def _redis_commands(self) -> float:
+        redis = Redis.from_url(self.redis_url)
+        try:
+            stats = await redis.info("stats")
+        finally:
+            await redis.aclose()
+        return float(stats["total_commands_processed"])
+
+    async def _transactions(self) -> dict[str, float]:
+        connection = await asyncpg.connect(self.database_url)
+        try:
+            rows = await connection.fetch(
+                "SELECT datname, xact_commit FROM pg_stat_database WHERE datname = any($1::text[])",
+                list(self.databases),
+            )
+        finally:
+            await connection.close()
+        return {f"{self.databases[row['datname']]}.db_commits": float(row["xact_commit"]) for row in rows}
+
+
+def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    return {name: after[name] - before.get(name, 0.0) for name in after if after[name] != before.get(name, 0.0)}

@@ -1,0 +1,135 @@
+"""The whole platform for a benchmark: embedded PostgreSQL (durable commits) and Redis in a
+temporary folder, the five databases created fresh and migrated, and the five services each in
+its own process (`python -m services.<name>`, as `loyalty run` starts them), wired to each other
+through LOYALTY_<SERVICE>_GRPC_TARGET. Also the CPU meter the benchmarks read: per process, with
+PostgreSQL counted over its whole process tree (every backend is a child of the postmaster)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from shared.config import SERVICES
+from shared.embedded import PG_SETTINGS, EmbeddedPostgres, EmbeddedRedis, free_port
+from tests.harness import Infra, ServiceProcess
+
+# Each service starts once the services it calls are serving: cards opens wallet accounts,
+# processing calls cards, wallet and anti-fraud.
+START_ORDER = (("wallet", "antifraud", "notifications"), ("cards",), ("processing",))
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Stack:
+    infra: Infra
+    postgres: EmbeddedPostgres
+    redis: EmbeddedRedis
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def address(self, service: str) -> str:
+        return self.services[service].grpc_address
+
+    def metrics_addresses(self) -> dict[str, str]:
+        return {name: process.metrics_address for name, process in self.services.items()}
+
+    def pids(self) -> dict[str, int]:
+        """Every process of the platform by name; "postgres" is the postmaster."""
+        pids = {name: _pid(process) for name, process in self.services.items()}
+        pids["postgres"] = int((self.postgres.pgdata / "postmaster.pid").read_text().split()[0])
+        if self.redis.process is None:
+            raise RuntimeError("the embedded Redis is not running")
+        pids["redis"] = self.redis.process.pid
+        return pids
+
+
+def _pid(process: ServiceProcess) -> int:
+    if process.process is None:
+        raise RuntimeError(f"{process.service} is not running")
+    return process.process.pid
+
+
+@contextlib.contextmanager
+def running_stack(data_dir: Path, env: Mapping[str, Mapping[str, str]] | None = None) -> Iterator[Stack]:
+    """Start everything under `data_dir` (which must be new: the databases are fresh), yield it,
+    and stop it all. `env` adds variables per service."""
+    if PG_SETTINGS.get("synchronous_commit") != "on":
+        raise RuntimeError("benchmarks need durable commits (synchronous_commit=on)")
+    postgres = EmbeddedPostgres(data_dir / "postgres", free_port()).start()
+    redis = EmbeddedRedis(data_dir / "redis", free_port()).start()
+    stack = Stack(Infra(database_server_url=postgres.url, redis_url=redis.url), postgres, redis)
+    try:
+        for service in SERVICES:
+            stack.infra.migrate(service)
+        for wave in START_ORDER:
+            _start_wave(stack, wave, env or {})
+        yield stack
+    finally:
+        for service in reversed([s for wave in START_ORDER for s in wave]):
+            if service in stack.services:
+                stack.services[service].stop()
+        redis.stop()
+        postgres.stop(mode="immediate")
+
+
+def _start_wave(stack: Stack, wave: tuple[str, ...], env: Mapping[str, Mapping[str, str]]) -> None:
+    targets = {f"LOYALTY_{name.upper()}_GRPC_TARGET": p.grpc_address for name, p in stack.services.items()}
+    started = [
+        ServiceProcess(service, stack.infra.service_env(service, **targets, **env.get(service, {}))).start(wait=False)
+        for service in wave
+    ]
+    for process in started:
+        process.wait_serving_line(START_TIMEOUT_S)
+        stack.services[process.service] = process
+
+
+@dataclass(frozen=True)
+class CpuMeter:
+    """CPU seconds used so far by named processes (PostgreSQL with all its backends), by this
+    process (the load generator), and by the whole machine."""
+
+    pids: Mapping[str, int]
+    trees: frozenset[str] = frozenset({"postgres"})
+
+    def snapshot(self) -> dict[str, float]:
+        """Per process; a tree's processes as "<name>#<pid>" (see cpu_spent)."""
+        cpu: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            cpu.update(_cpu_of(name, pid, tree=name in self.trees))
+        box = psutil.cpu_times()
+        cpu["driver"] = time.process_time()
+        cpu["box_busy"] = box.user + box.nice + box.system + box.irq + box.softirq
+        cpu["box_capacity"] = time.perf_counter() * (os.cpu_count() or 1)
+        return cpu
+
+
+def _cpu_of(name: str, pid: int, *, tree: bool) -> dict[str, float]:
+    process = psutil.Process(pid)
+    if not tree:
+        return {name: _cpu(process)}
+    cpu = {f"{name}#{pid}": _cpu(process)}
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cpu[f"{name}#{child.pid}"] = _cpu(child)
+    return cpu
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def cpu_spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """CPU seconds per name between two snapshots. A tree sums its processes: those that started
+    in between count whole, those that ended in between are lost (a PostgreSQL backend of a
+    connection closed meanwhile), rather than subtracting their whole past."""
+    spent: dict[str, float] = {}
+    for key, value in after.items():
+        name = key.partition("#")[0]
+        spent[name] = spent.get(name, 0.0) + max(0.0, value - before.get(key, 0.0))
+    return spent
