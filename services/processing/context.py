@@ -40,6 +40,8 @@ class ProgramContext:
         self._terminals: dict[str, Any] = {}
         self._settings: Any = None
         self._current: CachedRuleSet | None = None
+        # When the next scheduled version takes effect (None: none is scheduled).
+        self._current_until: datetime | None = None
         self._versions: dict[int, Any] = {}
 
     async def _refresh(self) -> None:
@@ -48,11 +50,11 @@ class ProgramContext:
         async with self.pool.acquire() as connection:
             generation = await program_store.config_generation(connection)
         self._checked_at = self.clock()
-        self._current = None  # re-read: a scheduled version may have taken effect
         if generation != self._generation:
             self._generation = generation
             self._terminals.clear()
             self._settings = None
+            self._current = None
 
     async def settings(self) -> Any:
         await self._refresh()
@@ -81,10 +83,14 @@ class ProgramContext:
         return context
 
     async def rule_set_now(self) -> CachedRuleSet:
+        """The version in force now: read again only when an admin write moved the generation,
+        or when the next scheduled version takes effect."""
         await self._refresh()
-        if self._current is None:
+        now = datetime.now().astimezone()
+        if self._current is None or (self._current_until is not None and now >= self._current_until):
             async with self.pool.acquire() as connection:
-                found = await program_store.load_rule_set_at(connection, datetime.now().astimezone())
+                found = await program_store.load_rule_set_at(connection, now)
+                self._current_until = await program_store.next_rule_set_change(connection, now)
             self._current = await self._compiled(found)
         return self._current
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date, datetime
 from enum import Enum
 from typing import Any
@@ -108,7 +108,7 @@ def _json_default(value: object) -> str:
 
 
 def dump_plan(plan: Plan) -> str:
-    transfers = [asdict(t) for t in plan.transfers]
+    transfers = [vars(t) for t in plan.transfers]  # flat dataclasses: no deep copy (asdict)
     return json.dumps({"target": int(plan.target), "transfers": transfers}, default=_json_default)
 
 
@@ -126,7 +126,7 @@ def load_plan(text: str) -> Plan:
 
 
 def dump_postings(postings: Sequence[Posting]) -> str:
-    return json.dumps([{**asdict(p), "leg": int(p.leg)} for p in postings])
+    return json.dumps([{**vars(p), "leg": int(p.leg)} for p in postings])
 
 
 def load_postings(text: str) -> list[Posting]:
