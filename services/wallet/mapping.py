@@ -45,16 +45,49 @@ def set_time(timestamp: Timestamp, value: datetime | None) -> None:
 # -- transfers ------------------------------------------------------------------------------------
 
 
-def transfer_request(transfer: wallet_pb2.Transfer) -> TransferRequest:
-    flags = transfer.flags
+_NO_FLAGS = Flags()
+_NO_REFERENCE = Reference()
+# Every combination of the six flags, made once (the same values, so equal either way).
+_FLAGS: dict[tuple[bool, ...], Flags] = {}
+
+
+def _flags(message: wallet_pb2.TransferFlags) -> Flags:
+    key = (
+        message.pending,
+        message.post_pending,
+        message.void_pending,
+        message.linked,
+        message.imported,
+        message.allow_debt,
+    )
+    flags = _FLAGS.get(key)
+    if flags is None:
+        flags = _FLAGS[key] = Flags(*key)
+    return flags
+
+
+def _reference(message: wallet_pb2.TransferReference) -> Reference:
+    return Reference(
+        operation_id=message.operation_id,
+        terminal_id=message.terminal_id,
+        receipt_id=message.receipt_id,
+        outlet_id=message.outlet_id,
+        partner_id=message.partner_id,
+        campaign_id=message.campaign_id,
+    )
+
+
+def transfer_request(transfer: wallet_pb2.Transfer, *, body: bytes | None = None) -> TransferRequest:
+    """`body`: the transfer's canonical encoding when the caller has it already (a stored one)."""
+    has = transfer.HasField
     terms = None
-    if transfer.HasField("lot_terms"):
+    if has("lot_terms"):
         terms = LotTerms(
             activation_time=optional_time(transfer.lot_terms, "activation_time"),
             expiry_time=optional_time(transfer.lot_terms, "expiry_time"),
             no_expiry=transfer.lot_terms.no_expiry,
         )
-    reference = transfer.reference
+    metadata = transfer.metadata
     return TransferRequest(
         transfer_id=transfer.transfer_id,
         debit_account_id=transfer.debit_account_id,
@@ -62,31 +95,17 @@ def transfer_request(transfer: wallet_pb2.Transfer) -> TransferRequest:
         amount=transfer.amount_minor,
         pending_transfer_id=transfer.pending_transfer_id,
         timeout_s=transfer.timeout_s,
-        flags=Flags(
-            pending=flags.pending,
-            post_pending=flags.post_pending,
-            void_pending=flags.void_pending,
-            linked=flags.linked,
-            imported=flags.imported,
-            allow_debt=flags.allow_debt,
-        ),
+        flags=_flags(transfer.flags) if has("flags") else _NO_FLAGS,
         reason=transfer.reason,
-        reference=Reference(
-            operation_id=reference.operation_id,
-            terminal_id=reference.terminal_id,
-            receipt_id=reference.receipt_id,
-            outlet_id=reference.outlet_id,
-            partner_id=reference.partner_id,
-            campaign_id=reference.campaign_id,
-        ),
-        metadata=tuple(sorted(transfer.metadata.items())),
+        reference=_reference(transfer.reference) if has("reference") else _NO_REFERENCE,
+        metadata=tuple(sorted(metadata.items())) if metadata else (),
         memo=transfer.memo,
-        imported_time=optional_time(transfer, "imported_time"),
+        imported_time=to_time(transfer.imported_time) if has("imported_time") else None,
         lot_terms=terms,
         reverses_transfer_id=transfer.reverses_transfer_id,
         on_behalf_of_member_id=transfer.on_behalf_of_member_id,
         # Deterministic encoding: equal field values give equal bytes, whatever the client sent.
-        body=transfer.SerializeToString(deterministic=True),
+        body=transfer.SerializeToString(deterministic=True) if body is None else body,
     )
 
 
@@ -109,44 +128,69 @@ def points(amount: int, unit: Unit) -> types_pb2.Points:
     return types_pb2.Points(amount_minor=amount, scale=unit.scale)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _timestamp(value: datetime) -> dict[str, int]:
+    """A Timestamp's fields, as Timestamp.FromDatetime sets them (naive times are UTC), without
+    its calendar round trip: a response carries several per transfer."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    return {"seconds": delta.days * 86_400 + delta.seconds, "nanos": delta.microseconds * 1000}
+
+
+def _balance_fields(balance: Balance) -> dict[str, Any]:
+    """AccountBalance's fields as a dict: upb builds nested messages from dicts in one call."""
+    scale = balance.unit.scale
+    fields: dict[str, Any] = {
+        "account_id": balance.account_id,
+        "account_kind": balance.kind,
+        "available": {"amount_minor": balance.available, "scale": scale},
+        "pending": {"amount_minor": balance.pending, "scale": scale},
+        "held": {"amount_minor": balance.held, "scale": scale},
+        "next_expiry_amount": {"amount_minor": balance.next_expiry_amount, "scale": scale},
+        "lifetime_earned": {"amount_minor": balance.lifetime_earned, "scale": scale},
+        "currency_code": balance.unit.currency_code,
+    }
+    if balance.next_expiry_time is not None:
+        fields["next_expiry_time"] = _timestamp(balance.next_expiry_time)
+    return fields
+
+
 def account_balance(balance: Balance | None) -> types_pb2.AccountBalance | None:
     if balance is None:
         return None
-    unit = balance.unit
-    message = types_pb2.AccountBalance(
-        account_id=balance.account_id,
-        account_kind=balance.kind,
-        available=points(balance.available, unit),
-        pending=points(balance.pending, unit),
-        held=points(balance.held, unit),
-        next_expiry_amount=points(balance.next_expiry_amount, unit),
-        lifetime_earned=points(balance.lifetime_earned, unit),
-        currency_code=unit.currency_code,
-    )
-    set_time(message.next_expiry_time, balance.next_expiry_time)
-    return message
+    return types_pb2.AccountBalance(**_balance_fields(balance))
+
+
+def transfer_result_fields(index: int, outcome: Outcome) -> dict[str, Any]:
+    """TransferResult's fields as a dict (CreateTransfersResponse(results=[...]) takes them)."""
+    fields: dict[str, Any] = {
+        "index": index,
+        "transfer_id": outcome.transfer_id,
+        "code": int(outcome.code),
+        "replayed": outcome.replayed,
+        "different_fields": outcome.different_fields,
+        "amount_minor": outcome.amount,
+        "released_amount_minor": outcome.released_amount,
+        "lot_id": outcome.lot_id,
+    }
+    if outcome.recorded_time is not None:
+        fields["recorded_time"] = _timestamp(outcome.recorded_time)
+    if outcome.effective_time is not None:
+        fields["effective_time"] = _timestamp(outcome.effective_time)
+    if outcome.pending_expiry_time is not None:
+        fields["pending_expiry_time"] = _timestamp(outcome.pending_expiry_time)
+    if outcome.debit_balance is not None:
+        fields["debit_account_balance"] = _balance_fields(outcome.debit_balance)
+    if outcome.credit_balance is not None:
+        fields["credit_account_balance"] = _balance_fields(outcome.credit_balance)
+    return fields
 
 
 def transfer_result(index: int, outcome: Outcome) -> wallet_pb2.TransferResult:
-    result = wallet_pb2.TransferResult(
-        index=index,
-        transfer_id=outcome.transfer_id,
-        code=int(outcome.code),  # type: ignore[arg-type]
-        replayed=outcome.replayed,
-        different_fields=outcome.different_fields,
-        amount_minor=outcome.amount,
-        released_amount_minor=outcome.released_amount,
-        lot_id=outcome.lot_id,
-    )
-    set_time(result.recorded_time, outcome.recorded_time)
-    set_time(result.effective_time, outcome.effective_time)
-    set_time(result.pending_expiry_time, outcome.pending_expiry_time)
-    debit, credit = account_balance(outcome.debit_balance), account_balance(outcome.credit_balance)
-    if debit is not None:
-        result.debit_account_balance.CopyFrom(debit)
-    if credit is not None:
-        result.credit_account_balance.CopyFrom(credit)
-    return result
+    return wallet_pb2.TransferResult(**transfer_result_fields(index, outcome))
 
 
 def transfer_record(record: TransferRecord) -> wallet_pb2.TransferRecord:

@@ -1,21 +1,23 @@
 """All SQL of the wallet. Functions take a connection; the caller owns the transaction.
 
 Lock order, the same for every writer so that writers never deadlock on accounts: the transfer
-records a batch names (sorted by id), then its accounts (sorted by id); stripes of SYSTEM
-accounts last (a rare deadlock between two stripes is retried by the writer).
+records a batch names (sorted by id), then its member and pool accounts (sorted by id, FOR
+UPDATE), then its SYSTEM accounts (sorted by id, FOR SHARE: concurrent batches share them);
+stripes of SYSTEM accounts last (a rare deadlock between two stripes is retried by the writer).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.wallet.domain.accounts import PROGRAM_SYSTEM_ROLES, STRIPES, AccountKind, balance_floor
-from services.wallet.domain.ledger import Batch
+from services.wallet.domain.ledger import Batch, LedgerInvariantError
 from services.wallet.domain.model import (
     Account,
     AccountState,
@@ -40,6 +42,8 @@ from services.wallet.domain.model import (
 )
 from services.wallet.domain.pools import Period, Pool, PoolMember, PoolState, Role
 from shared.db import Connection
+
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 # ------------------------------------------------------------------------------------------------
 # Kinds and accounts
@@ -430,6 +434,8 @@ _ACCOUNT_FROM = """
 
 
 def _is_uuid(value: str) -> bool:
+    if _UUID_TEXT.fullmatch(value):  # the canonical form, as the wallet hands out ids
+        return True
     try:
         uuid.UUID(value)
     except ValueError:
@@ -440,58 +446,121 @@ def _is_uuid(value: str) -> bool:
 async def load_accounts(
     connection: Connection, account_ids: Iterable[str], *, lock: bool, with_lots: bool = True
 ) -> dict[str, Account]:
-    """The accounts (with their remaining lots), locked in id order when `lock`."""
+    """The accounts (with their remaining lots), locked in id order when `lock`.
+
+    The lots are read by a statement of their own, after the locks are taken: a statement that
+    waited for a lock sees the locked row as it is now, but everything else as it was when the
+    statement began, so lots read in the locking statement could predate the row they belong to."""
     ids = sorted({i for i in account_ids if _is_uuid(i)})
     if not ids:
         return {}
-    # FOR UPDATE OF a: only the account rows are locked, never the master account or the kind.
-    rows = await connection.fetch(
-        f"SELECT {_ACCOUNT_COLUMNS} {_ACCOUNT_FROM} WHERE a.account_id = ANY($1::uuid[]) ORDER BY a.account_id"
-        + (" FOR UPDATE OF a" if lock else ""),
-        ids,
-    )
-    accounts = {str(row["account_id"]): _account(row) for row in rows}
+    select = f"SELECT {_ACCOUNT_COLUMNS} {_ACCOUNT_FROM} WHERE a.account_id = ANY($1::uuid[])"
+    if lock:
+        # Only the account rows are locked (OF a), never the master account or the kind. Member
+        # and pool rows exclusively: the batch writes their balances. SYSTEM rows are shared:
+        # their balances live in stripes, so concurrent batches may all use them, while a
+        # freeze or closure (an UPDATE of the row) still waits for the batches in flight and is
+        # seen by every later one. (An account's type never changes.)
+        rows = list(await connection.fetch(f"{select} AND a.type <> 3 ORDER BY a.account_id FOR UPDATE OF a", ids))
+        rows += await connection.fetch(f"{select} AND a.type = 3 ORDER BY a.account_id FOR SHARE OF a", ids)
+    else:
+        rows = await connection.fetch(select, ids)
+    policies: dict[tuple[Any, ...], Policy] = {}
+    accounts = {}
+    for row in rows:
+        account = _account(row, policies)
+        accounts[account.account_id] = account
     member_ids = [i for i, a in accounts.items() if a.has_lots]
     if with_lots and member_ids:
         for row in await connection.fetch(
-            "SELECT * FROM lots WHERE account_id = ANY($1::uuid[]) AND remaining > 0", member_ids
+            f"SELECT {_LOT_COLUMNS} FROM lots WHERE account_id = ANY($1::uuid[]) AND remaining > 0", member_ids
         ):
-            accounts[str(row["account_id"])].lots.append(_lot(row))
+            lot_id, account_id, *rest = row
+            lot = Lot(str(lot_id), str(account_id), *rest)
+            accounts[lot.account_id].lots.append(lot)
     return accounts
 
 
-def _account(row: Any) -> Account:
-    own_state, master_state = AccountState(row["state"]), AccountState(row["master_state"])
+_STATES = {int(s): s for s in AccountState}
+_FREEZE_MODES = {int(m): m for m in FreezeMode}
+_TYPES = {int(t): t for t in AccountType}
+_ROLES = {int(r): r for r in SystemRole}
+_POLICY_COLUMNS = (
+    "spendable",
+    "transferable",
+    "overdraft_mode",
+    "debt_limit_minor",
+    "balance_max_minor",
+    "activation_delay_s",
+    "expiry_mode",
+    "lifetime_s",
+    "fixed_expiry_time",
+    "redemption_priority",
+)
+
+
+def _account(row: Any, policies: dict[tuple[Any, ...], Policy] | None = None) -> Account:
+    """An account from its row; `policies` shares one Policy among the rows of the same kind."""
+    own_state, master_state = _STATES[row["state"]], _STATES[row["master_state"]]
     state = max(own_state, master_state)  # CLOSED > FROZEN > ACTIVE: the stricter one applies
-    freeze = FreezeMode(max(row["freeze_mode"], row["master_freeze_mode"]))
-    account_type = AccountType(row["type"])
+    freeze = _FREEZE_MODES[max(row["freeze_mode"], row["master_freeze_mode"])]
+    account_type = _TYPES[row["type"]]
+    system = account_type is AccountType.SYSTEM
+    policy = None
+    if not system:
+        key = tuple(row[c] for c in _POLICY_COLUMNS)
+        policy = policies.get(key) if policies is not None else None
+        if policy is None:
+            policy = _policy(row)
+            if policies is not None:
+                policies[key] = policy
+    unit_key = (row["unit_type"], row["currency_code"], row["scale"])
+    unit = _UNITS.get(unit_key)
+    if unit is None:
+        unit = _UNITS.setdefault(unit_key, Unit(*unit_key))
+    master_account_id = row["master_account_id"]
+    pool_id = row["pool_id"]
     return Account(
         account_id=str(row["account_id"]),
         program_id=row["program_id"],
         type=account_type,
-        unit=Unit(row["unit_type"], row["currency_code"], row["scale"]),
+        unit=unit,
         state=state,
         freeze_mode=freeze,
         kind=row["kind"] or "",
         member_id=row["member_id"] or "",
-        master_account_id=str(row["master_account_id"] or ""),
-        system_role=SystemRole(row["system_role"]),
+        master_account_id=str(master_account_id) if master_account_id is not None else "",
+        system_role=_ROLES[row["system_role"]],
         partner_id=row["partner_id"],
-        pool_id=str(row["pool_id"] or ""),
+        pool_id=str(pool_id) if pool_id is not None else "",
         primary=row["is_primary"],
         own_state=own_state,
         master_state=master_state,
         external_ref=row["external_ref"] or "",
         display_name=row["display_name"],
-        policy=_policy(row) if account_type is not AccountType.SYSTEM else None,
+        policy=policy,
         # SYSTEM accounts start each batch at zero: the batch accumulates deltas for one stripe.
-        debits_posted=row["debits_posted"] if account_type is not AccountType.SYSTEM else 0,
-        credits_posted=row["credits_posted"] if account_type is not AccountType.SYSTEM else 0,
-        debits_pending=row["debits_pending"] if account_type is not AccountType.SYSTEM else 0,
-        credits_pending=row["credits_pending"] if account_type is not AccountType.SYSTEM else 0,
+        debits_posted=0 if system else row["debits_posted"],
+        credits_posted=0 if system else row["credits_posted"],
+        debits_pending=0 if system else row["debits_pending"],
+        credits_pending=0 if system else row["credits_pending"],
         lifetime_earned=row["lifetime_earned"],
         entry_sequence=row["entry_sequence"],
     )
+
+
+# Units are few and immutable: one object per distinct unit.
+_UNITS: dict[tuple[int, str, int], Unit] = {}
+
+
+# In the order of Lot's fields (load_accounts builds lots positionally).
+_LOT_COLUMNS = (
+    "lot_id, account_id, transfer_id, reason, amount, remaining, held, expired_amount, activation_time,"
+    " expiry_time, effective_time"
+)
+
+if tuple(c.strip() for c in _LOT_COLUMNS.split(",")) != tuple(f.name for f in fields(Lot)):
+    raise RuntimeError("_LOT_COLUMNS must list Lot's fields, in their order")
 
 
 def _lot(row: Any) -> Lot:
@@ -613,12 +682,32 @@ async def load_records(connection: Connection, transfer_ids: Iterable[str], *, l
     return {row["transfer_id"]: _record(row) for row in rows}
 
 
-async def load_batch(connection: Connection, requests: Sequence[TransferRequest], now: datetime) -> Batch:
-    """Everything `requests` may touch, locked in the global lock order."""
+async def _lock_records_with_clock(
+    connection: Connection, transfer_ids: set[str]
+) -> tuple[dict[str, TransferRecord], datetime]:
+    """The records of `transfer_ids`, locked in id order, and the database's clock read once they
+    are locked (one round trip for both)."""
+    rows = await connection.fetch(
+        """
+        WITH locked AS (
+            SELECT * FROM transfers WHERE transfer_id = ANY($1::text[]) ORDER BY transfer_id FOR UPDATE
+        )
+        SELECT clock_timestamp() AS database_now, locked.* FROM (VALUES (0)) AS one LEFT JOIN locked ON true
+        """,
+        sorted(transfer_ids),
+    )
+    now: datetime = max(row["database_now"] for row in rows)
+    return {row["transfer_id"]: _record(row) for row in rows if row["transfer_id"] is not None}, now
+
+
+async def load_batch(connection: Connection, requests: Sequence[TransferRequest], now: datetime | None) -> Batch:
+    """Everything `requests` may touch, locked in the global lock order. `now`: the ledger's
+    clock; None takes the database's, read once the batch's records are locked."""
     named = {r.transfer_id for r in requests}
     named |= {r.pending_transfer_id for r in requests if r.pending_transfer_id}
     named |= {r.reverses_transfer_id for r in requests if r.reverses_transfer_id}
-    records = await load_records(connection, named, lock=True)
+    records, database_now = await _lock_records_with_clock(connection, named)
+    now = now or database_now
     # A reversal of a posted hold is checked against the hold it posted: load that one too.
     holds_of_reversed_posts = {
         record.request.pending_transfer_id
@@ -658,7 +747,7 @@ def _record(row: Any) -> TransferRecord:
 # Transfers: persisting a batch, in one statement
 
 
-_PERSIST = """
+_PERSIST_TEMPLATE = """
 WITH
 new_transfers AS (
     INSERT INTO transfers (transfer_id, body, request, state, rejection_code, debit_account_id, credit_account_id,
@@ -676,13 +765,18 @@ changed_transfers AS (
         AS u(transfer_id, state, posted_amount, resolved_by, resolved_time, reversed_amount)
     WHERE t.transfer_id = u.transfer_id
 ),
-lots_written AS (
+new_lots AS (
     INSERT INTO lots (lot_id, account_id, transfer_id, reason, amount, remaining, held, expired_amount,
         activation_time, expiry_time, effective_time)
     SELECT * FROM unnest($26::uuid[], $27::uuid[], $28::text[], $29::smallint[], $30::bigint[], $31::bigint[],
         $32::bigint[], $33::bigint[], $34::timestamptz[], $35::timestamptz[], $36::timestamptz[])
-    ON CONFLICT (lot_id) DO UPDATE SET remaining = EXCLUDED.remaining, held = EXCLUDED.held,
-        expired_amount = EXCLUDED.expired_amount
+),
+changed_lots AS (
+    UPDATE lots l SET remaining = u.remaining, held = u.held, expired_amount = u.expired_amount
+    FROM unnest($68::uuid[], $69::bigint[], $70::bigint[], $71::bigint[])
+        AS u(lot_id, remaining, held, expired_amount)
+    WHERE l.lot_id = u.lot_id
+    RETURNING 1
 ),
 member_balances AS (
     UPDATE accounts a SET debits_posted = u.debits_posted, credits_posted = u.credits_posted,
@@ -709,8 +803,68 @@ new_entries AS (
         $56::bigint[], $57::text[], $58::bigint[], $59::bigint[], $60::bigint[], $61::bigint[], $62::timestamptz[],
         $63::bigint[], $64::timestamptz[], $65::timestamptz[])
 )
-SELECT 1
+SELECT count(*) FROM changed_lots
 """
+
+
+# Array parameters of these element types travel as one text literal each ('{1,2,NULL}') that
+# PostgreSQL casts: asyncpg's binary array encoder inspects every element (several isinstance
+# checks against collections.abc per value), which cost more than the ledger logic per transfer.
+# Text, bytea and jsonb arrays keep the binary encoder (it escapes them).
+def _int_literal(values: Sequence[Any]) -> str:
+    if None in values:
+        return "{" + ",".join(["NULL" if v is None else _DECIMAL(v) for v in values]) + "}"
+    return "{" + ",".join(map(_DECIMAL, values)) + "}"
+
+
+# int.__str__ for ints and int-valued enums alike (str() of an IntEnum member is its name in
+# some Python versions).
+_DECIMAL = "{:d}".format
+
+
+def _uuid_literal(values: Sequence[Any]) -> str:
+    # Canonical UUID text only (account and lot ids the ledger made or read back): no quoting.
+    return "{" + ",".join(["NULL" if v is None else _canonical_uuid(v) for v in values]) + "}"
+
+
+def _canonical_uuid(value: str) -> str:
+    # 36 characters cannot hold two UUIDs (nor one with a literal's separators and another
+    # that PostgreSQL accepts), so at worst the statement fails; anything else is normalised.
+    if len(value) != 36:
+        value = str(uuid.UUID(value))  # raises on anything that is not a UUID
+    return value
+
+
+def _time_literal(values: Sequence[Any]) -> str:
+    # Most times of a batch are the same instant (its clock): format each distinct one once.
+    texts: dict[datetime, str] = {}
+    parts = []
+    for value in values:
+        if value is None:
+            parts.append("NULL")
+            continue
+        text = texts.get(value)
+        if text is None:
+            text = texts[value] = _timestamptz_text(value)
+        parts.append(text)
+    return "{" + ",".join(parts) + "}"
+
+
+def _timestamptz_text(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError(f"a naive time reached the ledger: {value!r}")
+    return value.isoformat()
+
+
+_LITERALS = {"smallint": _int_literal, "bigint": _int_literal, "uuid": _uuid_literal, "timestamptz": _time_literal}
+_ARRAY_PARAMETER = re.compile(r"\$(\d+)::(\w+)\[\]")
+# Parameter number -> how its column becomes a literal.
+_PERSIST_LITERALS = {
+    int(number) - 1: _LITERALS[kind]
+    for number, kind in _ARRAY_PARAMETER.findall(_PERSIST_TEMPLATE)
+    if kind in _LITERALS
+}
+_PERSIST = _ARRAY_PARAMETER.sub(lambda m: f"${m[1]}::text::{m[2]}[]" if m[2] in _LITERALS else m[0], _PERSIST_TEMPLATE)
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
@@ -728,7 +882,8 @@ async def persist(connection: Connection, batch: Batch, *, stripe: int) -> None:
         for r in batch.updated.values()
         if r.transfer_id not in created_ids  # a hold created and resolved in one batch is inserted as it ends
     ]
-    lots = [
+    created_lots = {lot.lot_id for lot in batch.new_lots}
+    new_lots = [
         (
             lot.lot_id,
             lot.account_id,
@@ -743,6 +898,12 @@ async def persist(connection: Connection, batch: Batch, *, stripe: int) -> None:
             lot.effective_time,
         )
         for lot in batch.touched_lots.values()
+        if lot.lot_id in created_lots
+    ]
+    changed_lots = [
+        (lot.lot_id, lot.remaining, lot.held, lot.expired_amount)
+        for lot in batch.touched_lots.values()
+        if lot.lot_id not in created_lots
     ]
     touched = [batch.accounts[i] for i in sorted(batch.touched_accounts)]
     members = [
@@ -764,18 +925,24 @@ async def persist(connection: Connection, batch: Batch, *, stripe: int) -> None:
         if not a.has_lots
     ]
     entries = [_entry_row(entry) for entry in batch.entries]
-    await connection.execute(
-        _PERSIST,
+    arguments: list[Any] = [
         *_columns(new_transfers, 19),
         *_columns(changed, 6),
-        *_columns(lots, 11),
+        *_columns(new_lots, 11),
         *_columns(members, 7),
         *_columns(systems, 5),
         stripe,
         *_columns(entries, 16),
         [r.request.reference.terminal_id for r in batch.created],
         [r.request.reference.receipt_id for r in batch.created],
-    )
+        *_columns(changed_lots, 4),
+    ]
+    for index, literal in _PERSIST_LITERALS.items():
+        arguments[index] = literal(arguments[index])
+    updated_lots = await connection.fetchval(_PERSIST, *arguments)
+    # Every lot the batch changed was loaded from the database, under its account's lock.
+    if updated_lots != len(changed_lots):
+        raise LedgerInvariantError(f"{len(changed_lots) - updated_lots} changed lots are not in the database")
 
 
 def _transfer_row(record: TransferRecord) -> tuple[Any, ...]:
@@ -969,7 +1136,17 @@ async def ledger_sum(connection: Connection) -> list[tuple[int, str, int, int]]:
 
 
 def _time(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    if value is None:
+        return None
+    # The times of a batch's outcomes are mostly its clock: remember the last one formatted.
+    if value is _last_time[0]:
+        return str(_last_time[1])
+    text = value.isoformat()
+    _last_time[:] = [value, text]
+    return text
+
+
+_last_time: list[Any] = [None, None]
 
 
 def _parse_time(value: str | None) -> datetime | None:

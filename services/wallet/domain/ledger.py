@@ -14,8 +14,8 @@ a failed check is a bug, and the whole batch is abandoned before anything is wri
 from __future__ import annotations
 
 import copy
+import os
 import re
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -65,6 +65,31 @@ KEEPS_LOT_TIMES = frozenset({Reason.MEMBER_TRANSFER, Reason.POOL_CONTRIBUTION, R
 # Debits that never go into debt, whatever their flags: spending and giving away (AccountPolicy,
 # TransferFlags.allow_debt; TransferPoints gives only available points).
 NEVER_INTO_DEBT = SPENDING_REASONS | {Reason.MEMBER_TRANSFER, Reason.POOL_CONTRIBUTION}
+
+
+_REASONS = {int(reason): reason for reason in Reason}
+
+
+def new_lot_id() -> str:
+    """A random (version 4) UUID in its canonical text form, from a buffer of OS randomness
+    refilled every 256 ids: uuid.uuid4() makes a system call and a UUID object per lot."""
+    global _random_left
+    if _random_left == 0:
+        _random.clear()
+        _random.extend(os.urandom(16 * 256))
+        _random_left = 256
+    _random_left -= 1
+    start = 16 * _random_left
+    value = int.from_bytes(_random[start : start + 16]) & _UUID_CLEAR | _UUID_SET
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+_random = bytearray()
+_random_left = 0
+# The version (4) and variant (RFC 4122) bits of a random UUID, as uuid.UUID(version=4) sets them.
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 class LedgerInvariantError(Exception):
@@ -133,9 +158,9 @@ def _amount_valid(request: TransferRequest) -> bool:
 def _reason_valid(request: TransferRequest, *, internal: bool) -> bool:
     if request.reason == 0:
         return request.flags.resolves_hold
-    if request.reason not in Reason._value2member_map_:
+    if request.reason not in _REASONS:
         return False
-    reason = Reason(request.reason)
+    reason = _REASONS[request.reason]
     if reason in WALLET_ONLY_REASONS and not internal:
         return False
     if reason is Reason.ADJUSTMENT and not request.memo:
@@ -235,7 +260,7 @@ class Batch:
     now: datetime
     accounts: dict[str, Account]
     records: dict[str, TransferRecord]
-    new_lot_id: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
+    new_lot_id: Callable[[], str] = new_lot_id
     # What to persist.
     created: list[TransferRecord] = field(default_factory=list)
     updated: dict[str, TransferRecord] = field(default_factory=dict)
@@ -243,6 +268,9 @@ class Batch:
     new_lots: list[Lot] = field(default_factory=list)
     touched_lots: dict[str, Lot] = field(default_factory=dict)
     touched_accounts: set[str] = field(default_factory=set)
+    # The accounts changed since the last invariant check (a batch may be applied in several
+    # calls; each checks what it changed, not everything the batch touched before).
+    _unchecked_accounts: set[str] = field(default_factory=set)
     # Undo journal, active while a linked chain is being applied.
     _journal: dict[int, tuple[Any, dict[str, Any]]] | None = None
 
@@ -266,8 +294,9 @@ class Batch:
             else:
                 outcomes.append(self._decide(chain[0], internal=internal))
             index = end + 1
-        for account_id in self.touched_accounts:
+        for account_id in self._unchecked_accounts:
             check_account_invariants(self.accounts[account_id])
+        self._unchecked_accounts.clear()
         return outcomes
 
     def expire_hold(self, record: TransferRecord) -> None:
@@ -297,7 +326,7 @@ class Batch:
             amount=amount,
             reason=Reason.EXPIRY,
         )
-        self.touched_accounts.update((account.account_id, expiry_account.account_id))
+        self._touch_accounts(account, expiry_account)
         self._touch_lot(lot)
         lot.remaining -= amount
         lot.expired_amount += amount
@@ -314,7 +343,9 @@ class Batch:
         )
         record.outcome = self._outcome(record, account, expiry_account, amount=amount, lot_id="")
         self._add_record(record)
-        self._entries(record, account, expiry_account, EntryType.POSTED, amount=amount, released=0)
+        self._entries(
+            record, account, expiry_account, EntryType.POSTED, amount=amount, released=0, after=record.outcome
+        )
         return record
 
     # -- chains -------------------------------------------------------------------------------
@@ -460,7 +491,7 @@ class Batch:
             return Code.DEBIT_ACCOUNT_FROZEN
         if credit.state is AccountState.FROZEN and credit.freeze_mode is FreezeMode.ALL:
             return Code.CREDIT_ACCOUNT_FROZEN
-        if not _reason_fits(Reason(request.reason), debit, credit):
+        if not _reason_fits(_REASONS[request.reason], debit, credit):
             return Code.REASON_NOT_ALLOWED_FOR_ACCOUNT
         pool_refusal = _pool_refusal(request, debit, credit, effective_time)
         if pool_refusal is not None:
@@ -588,7 +619,7 @@ class Batch:
         )
         self._touch(debit)
         self._touch(credit)
-        self.touched_accounts.update((debit.account_id, credit.account_id))
+        self._touch_accounts(debit, credit)
         lot_id = ""
         if request.flags.pending:
             record.pending_expiry_time = self.now + timedelta(seconds=request.timeout_s)
@@ -610,7 +641,7 @@ class Batch:
         outcome = self._outcome(record, debit, credit, amount=request.amount, lot_id=lot_id)
         record.outcome = outcome
         self._add_record(record)
-        self._entries(record, debit, credit, entry_type, amount=request.amount, released=0)
+        self._entries(record, debit, credit, entry_type, amount=request.amount, released=0, after=outcome)
         return outcome
 
     def _resolve_hold(self, request: TransferRequest, effective_time: datetime) -> Outcome:
@@ -642,7 +673,7 @@ class Batch:
         outcome = self._outcome(record, debit, credit, amount=record.amount, lot_id=lot_id, released=released)
         record.outcome = outcome
         self._add_record(record)
-        self._entries(record, debit, credit, entry_type, amount=record.amount, released=released)
+        self._entries(record, debit, credit, entry_type, amount=record.amount, released=released, after=outcome)
         return outcome
 
     def _release_hold(
@@ -654,7 +685,7 @@ class Batch:
         credit = self.accounts[hold.request.credit_account_id]
         self._touch(debit)
         self._touch(credit)
-        self.touched_accounts.update((debit.account_id, credit.account_id))
+        self._touch_accounts(debit, credit)
         debit.debits_pending -= hold.amount
         credit.credits_pending -= hold.amount
         # A pool member's open hold counted as spent; what it did not post is spendable again.
@@ -875,6 +906,12 @@ class Batch:
 
     # -- lots, entries, outcomes ------------------------------------------------------------------
 
+    def _touch_accounts(self, debit: Account, credit: Account) -> None:
+        self.touched_accounts.add(debit.account_id)
+        self.touched_accounts.add(credit.account_id)
+        self._unchecked_accounts.add(debit.account_id)
+        self._unchecked_accounts.add(credit.account_id)
+
     def _touch_lot(self, lot: Lot) -> None:
         self._touch(lot)
         self.touched_lots[lot.lot_id] = lot
@@ -922,11 +959,21 @@ class Batch:
         *,
         amount: int,
         released: int,
+        after: Outcome | None = None,
     ) -> None:
-        """History lines for member and pool accounts (SYSTEM accounts are read through transfers)."""
-        for account, direction, other in ((debit, Direction.DEBIT, credit), (credit, Direction.CREDIT, debit)):
+        """History lines for member and pool accounts (SYSTEM accounts are read through transfers).
+        `after`: the transfer's outcome, computed from the same state, whose balances are reused."""
+        debit_after = after.debit_balance if after is not None else None
+        credit_after = after.credit_balance if after is not None else None
+        for account, direction, other, balance in (
+            (debit, Direction.DEBIT, credit, debit_after),
+            (credit, Direction.CREDIT, debit, credit_after),
+        ):
             if not account.has_lots:
                 continue
+            if balance is None:
+                balance = balance_of(account, self.now)
+            ensure(balance.account_id == account.account_id, "an entry's balance is its own account's")
             account.entry_sequence += 1
             self.entries.append(
                 EntryRecord(
@@ -938,7 +985,7 @@ class Batch:
                     amount=amount,
                     released_amount=released,
                     counterparty_account_id=other.account_id,
-                    balance_after=balance_of(account, self.now),
+                    balance_after=balance,
                     recorded_time=self.now,
                     effective_time=record.effective_time,
                 )
@@ -952,7 +999,7 @@ def _exceeds_balance_max(credit: Account, amount: int) -> bool:
 
 def _pool_refusal(request: TransferRequest, debit: Account, credit: Account, at: datetime) -> Code | None:
     """Pool rules: only current members spend (within their limit) or contribute."""
-    reason = Reason(request.reason)
+    reason = _REASONS[request.reason]
     if debit.pool is not None and reason in SPENDING_REASONS:
         allowance = debit.pool.allowance(request.on_behalf_of_member_id, at)
         if allowance == -1:
