@@ -11,6 +11,7 @@ returns their descriptors.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -95,6 +96,21 @@ async def serve(config: ServiceConfig, register: Register, *, traced: bool) -> N
         await redis.aclose()
 
 
+# Cyclic garbage collection, tuned for request paths: every call makes dozens of short-lived
+# objects (protos, requests, rows), so with the default threshold (700) the collector ran every
+# few calls, and its full collections walked the whole heap (grpc, protobuf, the pool): about a
+# third of the wallet's CPU per transfer in a batch benchmark, 2-14% of processing's in the
+# purchase benchmark. Objects made at start-up are frozen (never scanned again); collections
+# run rarer.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _serve_with(
     config: ServiceConfig, register: Register, *, traced: bool, pool: asyncpg.Pool, redis: Redis
 ) -> None:
@@ -106,6 +122,7 @@ async def _serve_with(
     )
     runtime = Runtime(config=config, pool=pool, redis=redis, traced=traced)
     descriptors = [*register(server, runtime), _add_diagnostics(server, config.service)]
+    tune_gc()
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_descriptor = health_pb2.DESCRIPTOR.services_by_name["Health"]

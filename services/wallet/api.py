@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -725,22 +724,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         return wallet_pb2.ListLotsResponse(lots=messages, next_page_token=token)
 
 
-# Cyclic garbage collection, tuned for the transfer path: every transfer makes dozens of short-
-# lived objects (protos, requests, outcomes, rows), so with the default threshold (700) the
-# collector ran every few transfers, and its full collections walked the whole heap (grpc,
-# protobuf, the pool): about a third of the wallet's CPU per transfer in a batch benchmark.
-# Objects made at start-up are frozen (never scanned again); collections run rarer.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def _tune_gc() -> None:
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def register(server: aio.Server, runtime: Runtime) -> Sequence[ServiceDescriptor]:
-    _tune_gc()
     writers = read_setting("wallet", "WRITERS", int_between(1, 16), 2)
     transfers_max = read_setting("wallet", "TRANSFERS_PER_TRANSACTION_MAX", int_between(1, 10_000), 2000)
     # Below this many waiting transfers, a writer waits for the running transaction instead of
