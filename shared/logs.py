@@ -15,8 +15,9 @@ from typing import Any
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
-# A run of at least 9 digits, allowing '+', spaces, dashes, dots and parentheses between them.
-_LONG_NUMBER = re.compile(r"\+?\d(?:[\s\-.()]*\d){8,}")
+# A run of at least 9 digits, allowing '+', spaces, dashes, dots and parentheses between them,
+# standing on its own: digits inside an identifier (an operation id's hex, a UUID) are not PII.
+_LONG_NUMBER = re.compile(r"(?<![A-Za-z0-9_-])\+?\d(?:[\s\-.()]*\d){8,}(?![A-Za-z0-9_-])")
 # Attributes every LogRecord has; anything else came from `extra=` and is ours to mask.
 _STANDARD_ATTRIBUTES = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 

@@ -16,6 +16,10 @@ from shared.logs import configure_logging, mask_pii
         ("phone 89123456789", "phone *******6789"),
         ("amount 12345 points, receipt 42", "amount 12345 points, receipt 42"),
         ("id 0b7c1e4e-6a1f-4b2d-9f3a-1d2e3f4a5b6c", "id 0b7c1e4e-6a1f-4b2d-9f3a-1d2e3f4a5b6c"),
+        # digits inside identifiers are not PII (an operation id's hex, a UUID's digit-only groups)
+        ("op_1382041c2bb548618224853abeb154f6 failed", "op_1382041c2bb548618224853abeb154f6 failed"),
+        ("member 8a3b5c7d-1234-5678-9012-345678901234", "member 8a3b5c7d-1234-5678-9012-345678901234"),
+        ("card 4276-1234-5678-9012.", "card ************9012."),
     ],
 )
 def test_phone_and_card_numbers_are_masked(text: str, masked: str) -> None:
