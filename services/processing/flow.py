@@ -612,13 +612,7 @@ class Flow:
         return p.RISK_OUTCOME_NOT_ASSESSED
 
     async def _accounts(self, settings: Any, member: Member) -> ops.Accounts:
-        points_unit = wallet_pb2.Unit(type=wallet_pb2.UNIT_TYPE_POINTS, scale=settings.point_scale)
-        issuance = await self.downstream.system_account(
-            program_id=settings.program_id, role=wallet_pb2.SYSTEM_ACCOUNT_ROLE_ISSUANCE, unit=points_unit
-        )
-        redemption = await self.downstream.system_account(
-            program_id=settings.program_id, role=wallet_pb2.SYSTEM_ACCOUNT_ROLE_REDEMPTION, unit=points_unit
-        )
+        system = await self._system_accounts(settings)
         earning = {account.kind: account.account_id for account in member.sub_accounts}
         if member.resolution.account_id:  # a card bound to its own sub-account earns and spends there
             earning[self.settings.points_kind] = member.resolution.account_id
@@ -627,7 +621,7 @@ class Flow:
             for account in member.sub_accounts
             if account.spendable and account.unit.type == wallet_pb2.UNIT_TYPE_POINTS
         )
-        return ops.Accounts(issuance=issuance, redemption=redemption, earning=earning, spending=spending)
+        return replace(system, earning=earning, spending=spending)
 
     # -- replays, refusals and the saga's end ------------------------------------------------------
 
@@ -1117,6 +1111,7 @@ class Flow:
         return refunding.WalletFacts(pending_lots=pending, available=available, debt_limit=debt_limit), pending
 
     async def _system_accounts(self, settings: Any) -> ops.Accounts:
+        """The program's issuance and redemption accounts (no member accounts)."""
         points_unit = wallet_pb2.Unit(type=wallet_pb2.UNIT_TYPE_POINTS, scale=settings.point_scale)
         issuance = await self.downstream.system_account(
             program_id=settings.program_id, role=wallet_pb2.SYSTEM_ACCOUNT_ROLE_ISSUANCE, unit=points_unit
