@@ -39,13 +39,13 @@ from services.cards.domain.model import (
 )
 from services.cards.domain.resolution import Identifier, Lookup
 from services.cards.resolver import QrSettings, Resolved, Resolver
-from services.cards.resp import Endpoint, RespConnection
 from services.cards.settings import CardsSettings, load_settings
 from services.cards.wallet import Wallet, WalletSettings
 from shared import idempotency, outbox
 from shared.clients import create_channel
 from shared.config import grpc_target
 from shared.errors import DomainError, FieldViolation, invalid_argument
+from shared.resp import RespConnection, endpoint_of
 from shared.server import Runtime
 from shared.servicers import add_service
 
@@ -758,11 +758,8 @@ def _dependencies(runtime: Runtime) -> Dependencies:
 def _fast_redis(runtime: Runtime) -> RespConnection | None:
     """A plain connection for Resolve's token reads, on the same Redis as the runtime's client
     (None with TLS, which it does not speak: redis-py then serves those reads too)."""
-    pool = runtime.redis.connection_pool
-    if "ssl" in pool.connection_class.__name__.lower():
-        return None
-    endpoint = Endpoint.from_kwargs(pool.connection_kwargs, timeout_s=runtime.config.dependency_timeout_s)
-    return RespConnection(endpoint)
+    endpoint = endpoint_of(runtime.redis, timeout_s=runtime.config.dependency_timeout_s)
+    return RespConnection(endpoint) if endpoint is not None else None
 
 
 def register(server: aio.Server, runtime: Runtime) -> Sequence[ServiceDescriptor]:

@@ -42,7 +42,7 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from services.cards.domain.resolution import Identifier, Subject
-from services.cards.resp import RespConnection
+from shared.resp import RespConnection
 
 GENERATION_TTL_S = 86_400
 READ_KEYS_MAX = 2048

@@ -29,6 +29,7 @@ from shared import outbox
 from shared.config import float_between, grpc_target, read_setting
 from shared.errors import DomainError, FieldViolation, invalid_argument
 from shared.replay_cache import ReplayCache
+from shared.resp import RespPipeline, endpoint_of
 from shared.server import Runtime
 from shared.servicers import add_service
 
@@ -136,16 +137,19 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServiceServicer):
             runtime.pool, refresh_s=read_setting(read, "CONFIG_REFRESH_S", float_between(0.05, 60), 1.0)
         )
         lease_s = read_setting(read, "OPERATION_LEASE_S", float_between(0.5, 300), 10.0)
+        redis_deadline_s = read_setting(read, "REDIS_DEADLINE_S", float_between(0.01, 5), 0.25)
+        endpoint = endpoint_of(runtime.redis, timeout_s=redis_deadline_s)
+        self._replay_redis = RespPipeline(endpoint) if endpoint is not None else None
         self.flow = Flow(
             pool=runtime.pool,
             context=self.context,
             downstream=self.downstream,
             replays=ReplayCache(
-                runtime.redis,
+                self._replay_redis,
                 prefix="processing:replay",
                 ttl_s=REPLAY_TTL_S,
                 lease_s=lease_s,
-                timeout_s=read_setting(read, "REDIS_DEADLINE_S", float_between(0.01, 5), 0.25),
+                timeout_s=redis_deadline_s,
             ),
             settings=FlowSettings(
                 lease_s=lease_s,
@@ -166,6 +170,8 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServiceServicer):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.downstream.close()
+        if self._replay_redis is not None:
+            await self._replay_redis.close()
 
     async def _work(self, interval_s: float) -> None:
         """Recover operations nobody drives, and expire authorizations past their time."""

@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 from services.cards.cache import Generations, LocalEntries, card_key, member_key
 from services.cards.domain.model import CardState
 from services.cards.domain.resolution import Identifier, Lookup, Subject
-from services.cards.resp import Endpoint, RespConnection, RespError
 from shared.embedded import EmbeddedRedis, free_port
+from shared.resp import Endpoint, RespConnection, RespError
 from tests.unit.cards.test_lifecycle_table import MEMBER_ID, card, member
 
 ACTIVE = Subject("p1", card(CardState.ACTIVE, bound_to=MEMBER_ID), member())
