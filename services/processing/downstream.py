@@ -96,10 +96,10 @@ class Downstream:
         self.cards = cards_pb2_grpc.CardsServiceStub(self._cards_channel)
         self.wallet = wallet_pb2_grpc.WalletServiceStub(self._wallet_channel)
         self._resolver: Coalescer[cards_pb2.ResolveRequest, cards_pb2.BatchResolveResult] = Coalescer(
-            self._batch_resolve, batch_size_max=100, calls_in_flight_max=4
+            self._batch_resolve, batch_size_max=100, calls_in_flight_max=1
         )
         self._transfers: Coalescer[Sequence[wallet_pb2.Transfer], list[wallet_pb2.TransferResult]] = Coalescer(
-            self._create_transfers, batch_size_max=1000, calls_in_flight_max=4, size_of=len
+            self._create_transfers, batch_size_max=1000, calls_in_flight_max=1, size_of=len
         )
         self._sub_accounts: OrderedDict[str, tuple[SubAccount, ...]] = OrderedDict()
         self._system_accounts: dict[tuple[str, int, str, int], str] = {}

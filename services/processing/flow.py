@@ -49,6 +49,7 @@ from services.processing.domain import rules
 from services.processing.domain.operations import OperationState, OperationType, PlannedTransfer, Posting
 from services.processing.downstream import Downstream, reason_of, reason_value
 from services.processing.store import operations as store
+from services.processing.writes import SaleWrites
 from shared import outbox
 from shared.errors import DomainError, FieldViolation, Reason, invalid_argument
 from shared.idempotency import fingerprint, run_once
@@ -226,6 +227,7 @@ class Flow:
         replays: ReplayCache,
     ) -> None:
         self.pool = pool
+        self.writes = SaleWrites(pool)
         self.context = context
         self.downstream = downstream
         self.settings = settings
@@ -555,14 +557,15 @@ class Flow:
         )
         cancelled_by = None
         recorded = None
-        async with self.pool.acquire() as connection:
-            if spec.offline:
+        if spec.offline:
+            async with self.pool.acquire() as connection:
                 inserted, cancelled_by = await store.insert_offline_sale(connection, new)
-            else:
-                recorded = await store.insert_returning(connection, new)
-                inserted = recorded is not None
-            existing = None
-            if not inserted and cancelled_by is None:
+        else:
+            recorded = await self.writes.insert(new)
+            inserted = recorded is not None
+        existing = None
+        if not inserted and cancelled_by is None:
+            async with self.pool.acquire() as connection:
                 existing = await store.find_by_key(connection, terminal_id=terminal.terminal_id, key=spec.key)
         if cancelled_by is not None:
             return await self._record_cancelled_sale(new, base, cancelled_by, response_type)
@@ -705,17 +708,16 @@ class Flow:
         zone = ZoneInfo(settings.time_zone)
         if row.type is OperationType.PURCHASE:
             response = response_type(operation=operation, balances=balances)
-            async with self.pool.acquire() as connection:
-                await store.record_outcome(
-                    connection,
-                    row.operation_id,
-                    state=target,
-                    operation=operation.SerializeToString(),
-                    response=response.SerializeToString(),
-                    expire_time=row.expire_time if target is OperationState.AUTHORIZED else None,
-                    stats=_stats_change(operation, row, zone) if target is OperationState.CAPTURED else None,
-                    events=_events(operation, balances, target),
-                )
+            outcome = store.Outcome(
+                operation_id=row.operation_id,
+                state=target,
+                operation=operation.SerializeToString(),
+                response=response.SerializeToString(),
+                expire_time=row.expire_time if target is OperationState.AUTHORIZED else None,
+                stats=_stats_change(operation, row, zone) if target is OperationState.CAPTURED else None,
+                events=_events(operation, balances, target),
+            )
+            await self.writes.record(outcome)
             crash_point(self.settings, "after_record")
             return response
         # A refund or cancel settles its purchase in the same transaction as its own outcome.

@@ -190,43 +190,54 @@ async def find_purchase_by_receipt(connection: Connection, *, terminal_id: str, 
 
 async def insert(connection: Connection, new: NewOperation) -> bool:
     """Record a new operation; False when its key or (for a live purchase) its receipt is taken."""
-    return await insert_returning(connection, new) is not None
+    return (await insert_many(connection, [new]))[0] is not None
 
 
-async def insert_returning(connection: Connection, new: NewOperation) -> OperationRow | None:
-    """`insert`, returning the recorded row (no second round trip to read it back)."""
-    record = await connection.fetchrow(
+async def insert_many(connection: Connection, news: Sequence[NewOperation]) -> list[OperationRow | None]:
+    """Record new operations in one statement, each as `insert` would, returning its recorded
+    row (no second round trip to read it back), or None when its key or (a live purchase) its
+    receipt is taken - also when taken by one before it in `news`."""
+    records = await connection.fetch(
         f"""INSERT INTO operations (operation_id, type, state, terminal_id, outlet_id, partner_id, member_id,
                receipt_id, idempotency_key, request_hash, method, offline, original_operation_id, effective_time,
                lease_until, expire_time, operation, receipt, plan, postings, response, refunded)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                   CASE WHEN $15::float8 > 0 THEN now() + make_interval(secs => $15::float8) END,
-                   $16, $17, $18, $19, $20, $21, $22)
+           SELECT operation_id, type, state, terminal_id, outlet_id, partner_id, member_id, receipt_id,
+                  idempotency_key, request_hash, method, offline, original_operation_id, effective_time,
+                  CASE WHEN lease_s > 0 THEN now() + make_interval(secs => lease_s) END,
+                  expire_time, operation, receipt, plan, postings, response, refunded
+           FROM unnest($1::text[], $2::smallint[], $3::smallint[], $4::text[], $5::text[], $6::text[], $7::text[],
+                       $8::text[], $9::text[], $10::bytea[], $11::text[], $12::boolean[], $13::text[],
+                       $14::timestamptz[], $15::float8[], $16::timestamptz[], $17::bytea[], $18::bytea[],
+                       $19::jsonb[], $20::jsonb[], $21::bytea[], $22::jsonb[])
+                AS new (operation_id, type, state, terminal_id, outlet_id, partner_id, member_id, receipt_id,
+                        idempotency_key, request_hash, method, offline, original_operation_id, effective_time,
+                        lease_s, expire_time, operation, receipt, plan, postings, response, refunded)
            ON CONFLICT DO NOTHING RETURNING {COLUMNS}""",
-        new.operation_id,
-        int(new.type),
-        int(new.state),
-        new.terminal_id,
-        new.outlet_id,
-        new.partner_id,
-        new.member_id,
-        new.receipt_id,
-        new.idempotency_key,
-        new.request_hash,
-        new.method,
-        new.offline,
-        new.original_operation_id,
-        new.effective_time,
-        new.lease_s,
-        new.expire_time,
-        new.operation,
-        new.receipt,
-        dump_plan(new.plan),
-        dump_postings(new.postings),
-        new.response,
-        dump_refunded(new.refunded or {}),
+        [new.operation_id for new in news],
+        [int(new.type) for new in news],
+        [int(new.state) for new in news],
+        [new.terminal_id for new in news],
+        [new.outlet_id for new in news],
+        [new.partner_id for new in news],
+        [new.member_id for new in news],
+        [new.receipt_id for new in news],
+        [new.idempotency_key for new in news],
+        [new.request_hash for new in news],
+        [new.method for new in news],
+        [new.offline for new in news],
+        [new.original_operation_id for new in news],
+        [new.effective_time for new in news],
+        [new.lease_s for new in news],
+        [new.expire_time for new in news],
+        [new.operation for new in news],
+        [new.receipt for new in news],
+        [dump_plan(new.plan) for new in news],
+        [dump_postings(new.postings) for new in news],
+        [new.response for new in news],
+        [dump_refunded(new.refunded or {}) for new in news],
     )
-    return _row(record) if record else None
+    recorded = {record["operation_id"]: _row(record) for record in records}
+    return [recorded.get(new.operation_id) for new in news]
 
 
 class RefundInsert(Enum):
@@ -308,53 +319,84 @@ async def update(
     )
 
 
-async def record_outcome(
-    connection: Connection,
-    operation_id: str,
-    *,
-    state: OperationState,
-    operation: bytes,
-    response: bytes,
-    expire_time: datetime | None,
-    stats: StatsChange | None,
-    events: Sequence[EventRow],
-) -> None:
-    """A sale's outcome in ONE statement (one round trip, atomic like a transaction): the
-    operation's state and response, the member's statistics, and the outbox events."""
-    uses = json.dumps({rule_id: 1 for rule_id in stats.rule_ids}) if stats else "{}"
+@dataclass(frozen=True)
+class Outcome:
+    """How a sale's saga ended: its state and response, the member's statistics, its events."""
+
+    operation_id: str
+    state: OperationState
+    operation: bytes
+    response: bytes
+    expire_time: datetime | None
+    stats: StatsChange | None
+    events: Sequence[EventRow]
+
+
+async def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> None:
+    """Sales' outcomes in ONE statement (one round trip, atomic like a transaction): each
+    operation's state and response, the members' statistics (summed per member and day first:
+    one statement may change a row once), and the outbox events."""
+    stats = _summed_stats([outcome.stats for outcome in outcomes if outcome.stats and outcome.stats.member_id])
+    spend = _summed_spend([outcome.stats for outcome in outcomes if outcome.stats and outcome.stats.member_id])
+    events = [event for outcome in outcomes for event in outcome.events]
     await connection.execute(
         f"""WITH outcome AS (
-                UPDATE operations SET state = $2, operation = $3, plan = $4, response = COALESCE(response, $5),
-                    expire_time = $6, update_time = now(), lease_until = NULL
-                WHERE operation_id = $1
+                UPDATE operations o SET state = new.state, operation = new.operation, plan = $6,
+                    response = COALESCE(o.response, new.response), expire_time = new.expire_time,
+                    update_time = now(), lease_until = NULL
+                FROM unnest($1::text[], $2::smallint[], $3::bytea[], $4::bytea[], $5::timestamptz[])
+                    AS new (operation_id, state, operation, response, expire_time)
+                WHERE o.operation_id = new.operation_id
             ), stats AS (
                 INSERT INTO member_stats AS s (member_id, purchase_count, app_purchase_count, rule_uses)
-                SELECT $7, $8::bigint, $9::bigint, $10::jsonb WHERE $7 <> ''
+                SELECT * FROM unnest($7::text[], $8::bigint[], $9::bigint[], $10::jsonb[])
                 ON CONFLICT (member_id) DO UPDATE SET {MERGE_STATS}
             ), spend AS (
                 INSERT INTO member_daily_spend AS d (member_id, day, amount)
-                SELECT $7, $11::date, $12::bigint WHERE $7 <> '' AND $11::date IS NOT NULL AND $12::bigint <> 0
+                SELECT * FROM unnest($11::text[], $12::date[], $13::bigint[])
                 ON CONFLICT (member_id, day) DO UPDATE SET amount = d.amount + EXCLUDED.amount
             )
             INSERT INTO outbox (event_id, event_type, partition_key, payload)
-            SELECT * FROM unnest($13::uuid[], $14::text[], $15::text[], $16::bytea[])""",
-        operation_id,
-        int(state),
-        operation,
+            SELECT * FROM unnest($14::uuid[], $15::text[], $16::text[], $17::bytea[])""",
+        [outcome.operation_id for outcome in outcomes],
+        [int(outcome.state) for outcome in outcomes],
+        [outcome.operation for outcome in outcomes],
+        [outcome.response for outcome in outcomes],
+        [outcome.expire_time for outcome in outcomes],
         dump_plan(NO_PLAN),
-        response,
-        expire_time,
-        stats.member_id if stats else "",
-        stats.purchases if stats else 0,
-        stats.app_purchases if stats else 0,
-        uses,
-        stats.day if stats else None,
-        stats.spend if stats else 0,
+        [member_id for member_id, _, _, _ in stats],
+        [purchases for _, purchases, _, _ in stats],
+        [app_purchases for _, _, app_purchases, _ in stats],
+        [json.dumps(uses) for _, _, _, uses in stats],
+        [member_id for member_id, _, _ in spend],
+        [day for _, day, _ in spend],
+        [amount for _, _, amount in spend],
         [event[0] for event in events],
         [event[1] for event in events],
         [event[2] for event in events],
         [event[3] for event in events],
     )
+
+
+def _summed_stats(changes: Sequence[StatsChange]) -> list[tuple[str, int, int, dict[str, int]]]:
+    """Per member: purchases, app purchases, and rule uses (rule id -> receipts) of `changes`."""
+    totals: dict[str, tuple[int, int, dict[str, int]]] = {}
+    for change in changes:
+        purchases, app_purchases, uses = totals.get(change.member_id, (0, 0, {}))
+        for rule_id in dict.fromkeys(change.rule_ids):  # a rule counts once per receipt
+            uses[rule_id] = uses.get(rule_id, 0) + 1
+        totals[change.member_id] = (purchases + change.purchases, app_purchases + change.app_purchases, uses)
+    return [(member_id, *total) for member_id, total in totals.items()]
+
+
+def _summed_spend(changes: Sequence[StatsChange]) -> list[tuple[str, date, int]]:
+    """Per member and day: the money spent in `changes` (days without spend left out)."""
+    totals: dict[tuple[str, date], int] = {}
+    for change in changes:
+        if change.day is not None and change.spend:
+            key = (change.member_id, change.day)
+            totals[key] = totals.get(key, 0) + change.spend
+    return [(member_id, day, amount) for (member_id, day), amount in totals.items()]
 
 
 # Adds a statistics change (EXCLUDED) to a member's row (s), summing rule uses key by key.
