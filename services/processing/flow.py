@@ -138,6 +138,9 @@ class Member:
 
     resolution: cards_pb2.Resolution
     sub_accounts: tuple[Any, ...]  # downstream.SubAccount, redemption-priority order
+    # The balances, when the caller asked for them (one GetBalances, which also tells the
+    # sub-accounts of a member not cached yet: never a second call for those).
+    views: list[wallet_pb2.AccountBalanceView] | None = None
 
     @property
     def member_id(self) -> str:
@@ -273,7 +276,13 @@ class Flow:
     # -- identification ------------------------------------------------------------------------
 
     async def _member(
-        self, *, program_id: str, identifier: types_pb2.MemberIdentifier, terminal_id: str, with_cards: bool = False
+        self,
+        *,
+        program_id: str,
+        identifier: types_pb2.MemberIdentifier,
+        terminal_id: str,
+        with_cards: bool = False,
+        with_balances: bool = False,
     ) -> Member:
         resolution = await self.downstream.resolve(
             program_id=program_id, identifier=identifier, terminal_id=terminal_id, with_cards=with_cards
@@ -283,8 +292,9 @@ class Flow:
             raise DomainError(reason, f"the customer cannot be served: {reason.value}")
         if not resolution.master_account_id:
             raise DomainError(Reason.MEMBER_NOT_FOUND, "the card is not bound to a member")
+        views = await self.downstream.balances(resolution.master_account_id) if with_balances else None
         sub_accounts = await self.downstream.sub_accounts(resolution.master_account_id)
-        return Member(resolution, sub_accounts)
+        return Member(resolution, sub_accounts, views)
 
     async def identify(self, request: p.IdentifyRequest) -> p.IdentifyResponse:
         terminal = await self.context.terminal(request.terminal_id)
@@ -294,8 +304,9 @@ class Flow:
             identifier=request.member,
             terminal_id=terminal.terminal_id,
             with_cards=True,
+            with_balances=True,
         )
-        views = await self.downstream.balances(member.resolution.master_account_id)
+        views = member.views or []
         response = p.IdentifyResponse(
             member_id=member.member_id,
             display_name=member.resolution.member_display_name,
@@ -399,9 +410,12 @@ class Flow:
         views = None
         if request.HasField("member") and request.member.WhichOneof("kind"):
             member = await self._member(
-                program_id=settings.program_id, identifier=request.member, terminal_id=terminal.terminal_id
+                program_id=settings.program_id,
+                identifier=request.member,
+                terminal_id=terminal.terminal_id,
+                with_balances=True,
             )
-            views = await self.downstream.balances(member.resolution.master_account_id)
+            views = member.views
         cached = await self.context.rule_set_now()
         calculation = await self._calculate(
             rule_set=cached.rule_set,
@@ -483,18 +497,17 @@ class Flow:
         if spec.offline:
             base.create_time.GetCurrentTime()
         try:
+            redemption = _redemption_request(sale, settings)
             member = await self._member(
-                program_id=settings.program_id, identifier=sale.member, terminal_id=terminal.terminal_id
+                program_id=settings.program_id,
+                identifier=sale.member,
+                terminal_id=terminal.terminal_id,
+                with_balances=bool(redemption.points or redemption.maximum),
             )
             base.member_id = member.member_id
             base.identified_by = IDENTIFIED_BY.get(member.resolution.identified_by, p.IDENTIFICATION_METHOD_UNSPECIFIED)
             base.masked_card_number = masked_card(member.resolution.card_number)
-            redemption = _redemption_request(sale, settings)
-            views = (
-                await self.downstream.balances(member.resolution.master_account_id)
-                if redemption.points or redemption.maximum
-                else None
-            )
+            views = member.views
             cached = await (self.context.rule_set_at(spec.at) if spec.offline else self.context.rule_set_now())
             calculation = await self._calculate(
                 rule_set=cached.rule_set,
