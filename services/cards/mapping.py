@@ -216,6 +216,10 @@ def resolution_message(subject: Subject, verdict: Verdict, identified_by: int) -
         message.master_account_id = member.master_account_id
         message.member_masked_phone = mask_phone(profile.phone)
         message.member_segments.extend(profile.segments)
+        message.member_accounts.extend(
+            cards_pb2.MemberAccount(account_id=account.account_id, kind=account.kind)
+            for account in member.wallet_accounts
+        )
         set_time(message.member_create_time, member.create_time)
         birth = date_message(profile.birth_date)
         if birth is not None:

@@ -125,9 +125,11 @@ def _new_member(registration: Registration, now: datetime) -> Member:
 async def complete_registration(pool: asyncpg.Pool, wallet: Wallet, member: Member, *, actor: Actor) -> Member:
     """Open the wallet accounts of a pending member and record them with member.registered.
     Safe to run concurrently (a request and the worker): the first to record wins, once."""
-    master_account_id = await wallet.open_member_accounts(program_id=member.program_id, member_id=member.member_id)
+    master_account_id, accounts = await wallet.open_member_accounts(
+        program_id=member.program_id, member_id=member.member_id
+    )
     async with pool.acquire() as connection, connection.transaction():
-        completed = await store.complete_registration(connection, member.member_id, master_account_id)
+        completed = await store.complete_registration(connection, member.member_id, master_account_id, accounts)
         if completed is not None:
             now = await store.database_now(connection)
             await events.emit_member_event(connection, "member.registered", completed, actor=actor, now=now)

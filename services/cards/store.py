@@ -37,6 +37,7 @@ from services.cards.domain.model import (
     ReplacementReason,
     Symbology,
     Template,
+    WalletAccount,
 )
 from shared.db import Connection
 
@@ -62,7 +63,7 @@ _MEMBER_COLUMNS = (
     "member_id, program_id, partner_id, phone, first_name, last_name, middle_name, email, birth_year,"
     " birth_month, birth_day, language_code, segments, consents, state, block_reason, state_comment,"
     " state_actor_type, state_actor_id, state_time, master_account_id, registration_channel,"
-    " registration_outlet_id, registration_key, create_time, update_time"
+    " registration_outlet_id, registration_key, create_time, update_time, wallet_accounts"
 )
 
 
@@ -131,7 +132,16 @@ def member_from_row(row: Any, prefix: str = "") -> Member:
         registration_key=col("registration_key"),
         create_time=col("create_time"),
         update_time=col("update_time"),
+        wallet_accounts=_wallet_accounts(col("wallet_accounts")),
     )
+
+
+def _wallet_accounts(text: str | None) -> tuple[WalletAccount, ...]:
+    return tuple(WalletAccount(account_id, kind) for account_id, kind in json.loads(text)) if text else ()
+
+
+def _wallet_accounts_json(accounts: Sequence[WalletAccount]) -> str | None:
+    return json.dumps([[account.account_id, account.kind] for account in accounts]) if accounts else None
 
 
 def _member_values(member: Member) -> list[Any]:
@@ -163,6 +173,7 @@ def _member_values(member: Member) -> list[Any]:
         member.registration_key,
         member.create_time,
         member.update_time,
+        _wallet_accounts_json(member.wallet_accounts),
     ]
 
 
@@ -172,7 +183,7 @@ async def insert_member(connection: Connection, member: Member) -> bool:
         f"""
         INSERT INTO members ({_MEMBER_COLUMNS})
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15, $16, $17, $18, $19,
-                $20, $21, $22, $23, $24, $25, $26)
+                $20, $21, $22, $23, $24, $25, $26, $27::jsonb)
         ON CONFLICT (program_id, phone) WHERE state <> 3 DO NOTHING
         RETURNING true
         """,
@@ -199,16 +210,20 @@ async def find_live_member(connection: Connection, program_id: str, phone: str) 
     return member_from_row(row) if row else None
 
 
-async def complete_registration(connection: Connection, member_id: str, master_account_id: str) -> Member | None:
-    """Record the master account of a pending registration; None if it was already recorded."""
+async def complete_registration(
+    connection: Connection, member_id: str, master_account_id: str, accounts: Sequence[WalletAccount]
+) -> Member | None:
+    """Record the master account (and its sub-accounts) of a pending registration; None if it
+    was already recorded."""
     row = await connection.fetchrow(
         f"""
-        UPDATE members SET master_account_id = $2
+        UPDATE members SET master_account_id = $2, wallet_accounts = $3::jsonb
         WHERE member_id = $1 AND master_account_id IS NULL
         RETURNING {_MEMBER_COLUMNS}
         """,
         member_id,
         master_account_id,
+        _wallet_accounts_json(accounts),
     )
     return member_from_row(row) if row else None
 

@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 from loyalty.common.v1 import types_pb2
 from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
+from services.cards.domain.model import WalletAccount
 from shared.errors import DomainError, Reason
 
 IN_PROGRESS_ATTEMPTS_MAX = 5
@@ -58,8 +59,9 @@ class Wallet:
             await asyncio.sleep(IN_PROGRESS_DELAY_S * attempt)
         raise RuntimeError("unreachable")
 
-    async def open_member_accounts(self, *, program_id: str, member_id: str) -> str:
-        """The member's master account id (opened with the program's default kinds if new)."""
+    async def open_member_accounts(self, *, program_id: str, member_id: str) -> tuple[str, list[WalletAccount]]:
+        """The member's master account id (opened with the program's default kinds if new) and
+        its member sub-accounts in the wallet's order."""
         request = wallet_pb2.OpenMemberAccountsRequest(
             program_id=program_id,
             member_id=member_id,
@@ -70,7 +72,12 @@ class Wallet:
             "opening the member's wallet accounts",
             lambda: self._stub.OpenMemberAccounts(request, timeout=self._settings.timeout_s),
         )
-        return str(response.master_account.master_account_id)
+        accounts = [
+            WalletAccount(account.account_id, account.kind)
+            for account in response.master_account.accounts
+            if account.type == wallet_pb2.ACCOUNT_TYPE_MEMBER
+        ]
+        return str(response.master_account.master_account_id), accounts
 
     async def open_gift_account(self, *, program_id: str, card_id: str) -> str:
         """A gift card's own balance: a bearer account keyed by the card, whoever holds it."""

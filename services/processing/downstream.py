@@ -4,7 +4,8 @@
   (`BatchResolve`, `CreateTransfers` with one linked chain per purchase), see shared/batching.py.
 * Resolutions are never cached here: a BlockCard must win at once, and cards owns that cache.
 * What never changes is cached: the ids of a member's sub-accounts by kind (a sub-account id is
-  fixed for life) and the program's system accounts.
+  fixed for life) and the program's system accounts. A member not cached yet costs no wallet
+  call either: cards' resolution carries the sub-accounts the wallet opened at registration.
 * A downstream that is down or too slow becomes DEPENDENCY_UNAVAILABLE (UNAVAILABLE with a
   retry delay): the register retries with the same key, and nothing is decided meanwhile.
   A coalesced request waits at most its dependency's deadline in all: queued behind hung calls
@@ -103,7 +104,7 @@ class Downstream:
         )
         self._sub_accounts: OrderedDict[str, tuple[SubAccount, ...]] = OrderedDict()
         self._system_accounts: dict[tuple[str, int, str, int], str] = {}
-        self._kinds: dict[str, dict[str, wallet_pb2.AccountPolicy]] = {}
+        self._kinds: dict[str, dict[str, wallet_pb2.AccountKind]] = {}
         self._opening: dict[tuple[str, int, str, int], asyncio.Future[str]] = {}
 
     async def close(self) -> None:
@@ -177,14 +178,36 @@ class Downstream:
             raise self._translate("wallet", error) from None
         return list(response.balances)
 
-    async def sub_accounts(self, master_account_id: str) -> tuple[SubAccount, ...]:
-        """The member's sub-accounts in redemption-priority order (cached: ids never change)."""
+    async def sub_accounts(self, resolution: cards_pb2.Resolution) -> tuple[SubAccount, ...]:
+        """The member's sub-accounts in redemption-priority order: cached from the wallet (ids
+        never change), else as cards recorded them when the wallet opened them (the resolution's
+        `member_accounts`, with unit and policy from the program's account kinds), else read
+        from the wallet (GetBalances, then cached)."""
+        master_account_id = resolution.master_account_id
         cached = self._sub_accounts.get(master_account_id)
         if cached is not None:
             self._sub_accounts.move_to_end(master_account_id)
             return cached
+        if resolution.member_accounts:
+            recorded = await self._recorded_sub_accounts(resolution)
+            if recorded is not None:
+                return recorded
         await self.balances(master_account_id)
         return self._sub_accounts[master_account_id]
+
+    async def _recorded_sub_accounts(self, resolution: cards_pb2.Resolution) -> tuple[SubAccount, ...] | None:
+        """The resolution's `member_accounts` as SubAccounts; None when a kind is unknown even
+        after reading the kinds again (the wallet answers then). Not cached: a sub-account opened
+        after the registration (which only the wallet knows) must not go missing for long."""
+        kinds = await self._account_kinds(resolution.program_id)
+        if any(account.kind not in kinds for account in resolution.member_accounts):
+            kinds = await self._account_kinds(resolution.program_id, refresh=True)
+            if any(account.kind not in kinds for account in resolution.member_accounts):
+                return None
+        return tuple(
+            SubAccount(account.account_id, account.kind, kinds[account.kind].unit, kinds[account.kind].policy.spendable)
+            for account in resolution.member_accounts
+        )
 
     def _remember_sub_accounts(self, master_account_id: str, views: Sequence[wallet_pb2.AccountBalanceView]) -> None:
         accounts = tuple(
@@ -260,9 +283,17 @@ class Downstream:
 
     async def debt_limit(self, *, program_id: str, kind: str) -> int | None:
         """How far below zero a refund may take an account of `kind`: None = no limit, 0 = not at
-        all (the kind does not allow debt). Kinds are read once per process (they rarely change)."""
-        if program_id not in self._kinds:
-            kinds: dict[str, wallet_pb2.AccountPolicy] = {}
+        all (the kind does not allow debt)."""
+        account_kind = (await self._account_kinds(program_id)).get(kind)
+        if account_kind is None or account_kind.policy.overdraft_mode != wallet_pb2.OVERDRAFT_MODE_DEBT_ALLOWED:
+            return 0
+        return account_kind.policy.debt_limit_minor or None
+
+    async def _account_kinds(self, program_id: str, *, refresh: bool = False) -> dict[str, wallet_pb2.AccountKind]:
+        """The program's account kinds by name, read once per process (they rarely change; a
+        kind never seen before makes callers ask again with `refresh`)."""
+        if refresh or program_id not in self._kinds:
+            kinds: dict[str, wallet_pb2.AccountKind] = {}
             token = ""
             while True:
                 request = wallet_pb2.ListAccountKindsRequest(program_id=program_id, page_size=1000, page_token=token)
@@ -270,15 +301,12 @@ class Downstream:
                     response = await self.wallet.ListAccountKinds(request)
                 except aio.AioRpcError as error:
                     raise self._translate("wallet", error) from None
-                kinds.update((k.kind, k.policy) for k in response.account_kinds)
+                kinds.update((k.kind, k) for k in response.account_kinds)
                 token = response.next_page_token
                 if not token:
                     break
             self._kinds[program_id] = kinds
-        policy = self._kinds[program_id].get(kind)
-        if policy is None or policy.overdraft_mode != wallet_pb2.OVERDRAFT_MODE_DEBT_ALLOWED:
-            return 0
-        return policy.debt_limit_minor or None
+        return self._kinds[program_id]
 
     @staticmethod
     def _translate(service: str, error: aio.AioRpcError) -> Exception:

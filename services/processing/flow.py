@@ -293,7 +293,7 @@ class Flow:
         if not resolution.master_account_id:
             raise DomainError(Reason.MEMBER_NOT_FOUND, "the card is not bound to a member")
         views = await self.downstream.balances(resolution.master_account_id) if with_balances else None
-        sub_accounts = await self.downstream.sub_accounts(resolution.master_account_id)
+        sub_accounts = await self.downstream.sub_accounts(resolution)
         return Member(resolution, sub_accounts, views)
 
     async def identify(self, request: p.IdentifyRequest) -> p.IdentifyResponse:

@@ -169,6 +169,14 @@ class Profile:
     segments: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class WalletAccount:
+    """One of a member's wallet sub-accounts (ids never change)."""
+
+    account_id: str
+    kind: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class Member:
     member_id: str
@@ -189,6 +197,9 @@ class Member:
     update_time: datetime
     # "<actor type>:<actor id>/<idempotency key>" of the registration that created the row.
     registration_key: str = ""
+    # The wallet sub-accounts opened with the master account, in the wallet's order (empty for
+    # members registered before they were recorded, and while pending).
+    wallet_accounts: tuple[WalletAccount, ...] = ()
 
     @property
     def accounts_open(self) -> bool:

@@ -15,19 +15,58 @@ from typing import Any
 import grpc
 import pytest
 from grpc import aio
+from loyalty.cards.v1 import cards_pb2
 from loyalty.common.v1 import types_pb2
 from loyalty.processing.v1 import processing_pb2 as p
 from redis.asyncio import Redis
 
 from shared import outbox
+from tests.harness import ServiceProcess, metric_value
 from tests.integration.processing.world import (
     World,
     key,
+    member_balances,
+    new_receipt_id,
     purchase,
     receipt,
     register,
     wallet_total,
 )
+
+
+def get_balances_served(wallet: ServiceProcess) -> float:
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "loyalty.wallet.v1.WalletService",
+        "grpc_method": "GetBalances",
+        "grpc_code": "OK",
+    }
+    return metric_value(wallet.metrics_text(), "grpc_server_handled_total", labels) or 0.0
+
+
+async def test_a_member_processing_never_saw_earns_without_asking_the_wallet_for_accounts(
+    world: World, stack: dict[str, ServiceProcess]
+) -> None:
+    """Cards' resolution carries the sub-accounts the wallet opened at registration, so the
+    first purchase of a member costs no GetBalances (a redeeming one still reads the balances)."""
+    member_id, phone = await register(world)
+    resolved = await world.cards.Resolve(
+        cards_pb2.ResolveRequest(
+            program_id=world.program_id,
+            identifier=types_pb2.MemberIdentifier(phone=phone),
+            actor=types_pb2.Actor(type=types_pb2.ACTOR_TYPE_TERMINAL, id=world.terminal_id),
+        )
+    )
+    wallet_accounts = [
+        balance.account_id for balance in await member_balances(world.wallet, world.program_id, member_id)
+    ]
+    assert [a.account_id for a in resolved.resolution.member_accounts] == wallet_accounts
+    served = get_balances_served(stack["wallet"])
+    response = await world.processing.Purchase(purchase(world, phone, new_receipt_id()))
+    assert response.operation.state == p.OPERATION_STATE_CAPTURED
+    assert get_balances_served(stack["wallet"]) == served
+    assert [balance.account_id for balance in response.balances] == wallet_accounts[:1]
+    assert await wallet_total(world, member_id) == 5000
 
 
 async def test_a_purchase_earns_once_and_replays_byte_for_byte(world: World) -> None:
