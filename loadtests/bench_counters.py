@@ -1,5 +1,6 @@
 """How much work one request causes across the platform, read from what the platform already
-counts: the gRPC calls each service served (grpc_server_handled_total on its /metrics), the
+counts: the gRPC calls each service served (grpc_server_handled_total on its /metrics), the time
+its writes spent per step (loyalty_<service>_step_seconds, processing's saga steps), the
 transactions each service database committed (pg_stat_database: an autocommit statement is a
 transaction of its own, so this counts database round trips that end in a commit, roughly), and
 the commands Redis processed (INFO stats; Redis is shared by all services).
@@ -35,6 +36,21 @@ def rpc_counts(metrics_text: str, service: str) -> dict[str, float]:
     return counts
 
 
+def step_times(metrics_text: str, service: str) -> dict[str, float]:
+    """ "<service>.step.<step>.seconds" and ".count" from loyalty_<service>_step_seconds (the time
+    a service's writes spend in each step: their means per step are the latency breakdown)."""
+    times: dict[str, float] = {}
+    prefix = f"loyalty_{service}_step_seconds_"
+    for line in metrics_text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        name, _, rest = line[len(prefix) :].partition('{step="')
+        step, _, value = rest.partition('"} ')
+        if name in ("sum", "count") and step:
+            times[f"{service}.step.{step}.{'seconds' if name == 'sum' else 'count'}"] = float(value)
+    return times
+
+
 def _label(pair: str) -> tuple[str, str]:
     key, _, value = pair.partition("=")
     return key, value.strip('"')
@@ -55,7 +71,9 @@ class Counters:
     async def read(self) -> dict[str, float]:
         counts: dict[str, float] = {}
         for service, address in self.metrics_addresses.items():
-            counts.update(rpc_counts(await asyncio.to_thread(_fetch, address), service))
+            text = await asyncio.to_thread(_fetch, address)
+            counts.update(rpc_counts(text, service))
+            counts.update(step_times(text, service))
         counts.update(await self._transactions())
         counts["redis.commands"] = await self._redis_commands()
         return counts

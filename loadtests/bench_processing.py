@@ -317,6 +317,7 @@ class Runner:
         made = Step(label, result, passed, cpu, counters_spent(counts_before, self.counts))
         say(step_line(made))
         say(f"      per purchase: {work_text(made)}")
+        say(f"      mean time per saga step: {steps_text(step_means_ms(made))}")
         for error in result.first_errors[:3]:
             say(f"      error: {error}")
         return made
@@ -445,8 +446,25 @@ def step_line(step: Step) -> str:
 
 def work_text(step: Step) -> str:
     """The RPCs each service served and the commits of each database, per purchase."""
-    names = sorted(name for name in step.work if name != "processing.Purchase")
+    names = sorted(name for name in step.work if name != "processing.Purchase" and ".step." not in name)
     return ", ".join(f"{name} {step.per_purchase(name):.2f}" for name in names)
+
+
+def step_means_ms(step: Step) -> dict[str, float]:
+    """Processing's saga steps: the mean time a write spent in each (ms), from its histograms."""
+    means = {}
+    for name, seconds in step.work.items():
+        if name.startswith("processing.step.") and name.endswith(".seconds"):
+            step_name = name.removeprefix("processing.step.").removesuffix(".seconds")
+            count = step.work.get(f"processing.step.{step_name}.count", 0.0)
+            if count:
+                means[step_name] = 1000 * seconds / count
+    return means
+
+
+def steps_text(means: dict[str, float]) -> str:
+    order = ("replay_cache", "resolve", "accounts", "calculate", "record_plan", "wallet", "record_outcome")
+    return ", ".join(f"{name} {means[name]:.2f}" for name in order if name in means) + " ms"
 
 
 def cpu_text(step: Step) -> str:
@@ -660,6 +678,7 @@ def median_lines(reports: Sequence[RunReport], args: argparse.Namespace) -> list
         if steps:
             lines.append(f"  cpu per purchase {label} (medians, us): {median_cpu_text(steps)}")
             lines.append(f"  work per purchase {label} (medians): {median_work_text(steps)}")
+            lines.append(f"  mean time per saga step {label} (medians): {median_steps_text(steps)}")
     return lines + cpu_ceiling_lines(reports, args)
 
 
@@ -688,8 +707,16 @@ def busiest_clean_step(report: RunReport) -> Step:
     return max(clean, key=lambda s: s.result.rate) if clean else report.at_rate
 
 
+def median_steps_text(steps: Sequence[Step]) -> str:
+    per_step = [step_means_ms(step) for step in steps]
+    names = {name for means in per_step for name in means}
+    return steps_text({name: statistics.median(m[name] for m in per_step if name in m) for name in names})
+
+
 def median_work_text(steps: Sequence[Step]) -> str:
-    names = sorted({name for step in steps for name in step.work if name != "processing.Purchase"})
+    names = sorted(
+        {name for step in steps for name in step.work if name != "processing.Purchase" and ".step." not in name}
+    )
     return ", ".join(f"{name} {statistics.median(s.per_purchase(name) for s in steps):.2f}" for name in names)
 
 

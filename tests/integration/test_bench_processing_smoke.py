@@ -14,6 +14,7 @@ REPORT_LINES = (
     "calibration: Echo on processing",
     "ratio sustained / Echo",
     "cpu per purchase at 5/s",
+    "mean time per saga step at 5/s",
 )
 
 
@@ -41,3 +42,7 @@ def test_purchase_benchmark_runs_clean() -> None:
     assert "(balanced)" in result.stdout and "(equal)" in result.stdout and "(consistent)" in result.stdout, output
     at_rate = [line for line in result.stderr.splitlines() if line.rstrip().endswith("us") and "at-rate" in line]
     assert len(at_rate) == 1 and "errors 0 " in at_rate[0], output
+    # processing's step histograms reach the report: every step of a purchase has a mean
+    steps = next(line for line in result.stdout.splitlines() if "mean time per saga step at 5/s" in line)
+    for step in ("replay_cache", "resolve", "accounts", "calculate", "record_plan", "wallet", "record_outcome"):
+        assert f" {step} " in steps, output
