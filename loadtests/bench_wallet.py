@@ -21,7 +21,11 @@ member accounts hold exactly what was funded + accrued - redeemed; and the trans
 database transaction carried are counted (rows of one transaction share its xmin).
 Exit status 1 on any error or imbalance.
 
-    python -m loadtests.bench_wallet [--runs 3] [--seconds 5] [--members 100000]
+With `--py-spy DIR`, each scenario gets one more run (not reported) while py-spy records the
+wallet process (DIR/wallet-<scenario>.speedscope.json), and the report ends with where the
+wallet's CPU went in each.
+
+    python -m loadtests.bench_wallet [--runs 3] [--seconds 5] [--members 100000] [--py-spy DIR]
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from loyalty.common.v1 import types_pb2
 from loyalty.diagnostics.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
+from loadtests import pyspy
 from loadtests.bench_calibration import PAYLOAD
 from loadtests.driver import RunResult, closed_loop
 from services.wallet import store
@@ -428,6 +433,23 @@ def measure(name: str, target: str, accounts_file: Path, watch: CpuWatch, args: 
     return reports
 
 
+def profile(
+    name: str, target: str, accounts_file: Path, watch: CpuWatch, args: argparse.Namespace
+) -> tuple[Report, Path]:
+    """One more run of the scenario while py-spy records the wallet (native stacks pause the
+    process for each sample, so this run's rate is not reported; its transfers and errors
+    count in the checks)."""
+    output = Path(args.py_spy).resolve() / f"wallet-{name}.speedscope.json"
+
+    async def recorded() -> Report:
+        recorder = await pyspy.start_recording(watch.wallet_pid, args.seconds, output)
+        report = await asyncio.to_thread(run_client, target, name, accounts_file, watch, args)
+        await pyspy.finish_recording(recorder, output, timeout_s=args.seconds + 60)
+        return report
+
+    return asyncio.run(recorded()), output
+
+
 def cpu_line(name: str, reports: Sequence[Report]) -> str:
     """CPU per transfer (per call for echo) of each side, medians over `reports`."""
     per = "call" if name == "echo" else "transfer"
@@ -495,6 +517,9 @@ def parse_args() -> argparse.Namespace:
         default="single,batch,hot",
         help="which of single, batch, hot to run (comma-separated; echo always runs: the calibration)",
     )
+    parser.add_argument(
+        "--py-spy", help="record the wallet with py-spy in one extra run per scenario, into this folder"
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--accounts", help=argparse.SUPPRESS)
@@ -552,8 +577,15 @@ def main() -> int:
                 postmaster_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
                 watch = CpuWatch(service.process.pid, postmaster_pid)
                 results = {"echo": measure("echo", service.grpc_address, accounts_file, watch, args)}
+                profiles: dict[str, Path] = {}
+                profiled_reports: list[Report] = []
                 for scenario in chosen:
                     results[scenario.name] = measure(scenario.name, service.grpc_address, accounts_file, watch, args)
+                    if args.py_spy:
+                        report, profiles[scenario.name] = profile(
+                            scenario.name, service.grpc_address, accounts_file, watch, args
+                        )
+                        profiled_reports.append(report)
                 ledger = uvloop.run(check_ledger(infra.database_url("wallet")))
             finally:
                 service.stop()
@@ -583,12 +615,18 @@ def main() -> int:
     if "hot" in rates and "single" in rates:
         print(f"  hot / single  = {rates['hot'] / rates['single']:.2f}  (target >= 0.5)")
 
+    for name, speedscope in profiles.items():
+        for line in pyspy.report_lines(f"wallet, {name}", speedscope, top=25):
+            print(line)
+
     errors = sum(r.result.errors for reports in results.values() for r in reports)
+    errors += sum(r.result.errors for r in profiled_reports)
     sums, members_total = ledger.sums, ledger.members_total
     balanced = all(posted == 0 for _, _, posted, _ in sums)
     for unit_type, currency, posted, pending in sums:
         print(f"ledger: unit {unit_type}{currency and ' ' + currency}: sum of posted {posted}, of pending {pending}")
     transfer_reports = [r for name, reports in results.items() if name != "echo" for r in reports]
+    transfer_reports += profiled_reports
     expected = (
         args.members * FUND_MINOR + sum(r.accrued for r in transfer_reports) - sum(r.redeemed for r in transfer_reports)
     )

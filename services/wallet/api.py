@@ -699,12 +699,14 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         )
         accounts = {v.account.account_id: v.account for v in views}
         entries = [
-            mapping.entry_message(row, accounts[str(row["account_id"])].unit, accounts[str(row["account_id"])].kind)
-            for row in rows[:size]
+            mapping.entry_message(
+                row, request, accounts[str(row["account_id"])].unit, accounts[str(row["account_id"])].kind
+            )
+            for row, request in rows[:size]
         ]
         token = ""
         if len(rows) > size:
-            last = rows[size - 1]
+            last, _ = rows[size - 1]
             token = f"{last['recorded_time'].isoformat()}|{last['account_id']}|{last['sequence']}"
         return wallet_pb2.ListEntriesResponse(entries=entries, next_page_token=token)
 

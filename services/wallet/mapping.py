@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +10,7 @@ from loyalty.common.v1 import types_pb2
 from loyalty.wallet.v1 import wallet_pb2
 
 from services.wallet.domain.accounts import AccountKind
+from services.wallet.domain.ledger import WALLET_ID_PREFIX
 from services.wallet.domain.model import (
     Account,
     Balance,
@@ -109,8 +109,14 @@ def transfer_request(transfer: wallet_pb2.Transfer, *, body: bytes | None = None
     )
 
 
+def request_from_body(body: bytes) -> TransferRequest:
+    """A client's transfer read back from its body, the protobuf `Transfer` it submitted (the
+    store keeps each transfer once, in this canonical encoding)."""
+    return transfer_request(wallet_pb2.Transfer.FromString(body), body=body)
+
+
 def transfer_message(request: TransferRequest) -> wallet_pb2.Transfer:
-    if request.transfer_id.startswith("wallet:"):
+    if request.transfer_id.startswith(WALLET_ID_PREFIX):
         message = wallet_pb2.Transfer(
             transfer_id=request.transfer_id,
             debit_account_id=request.debit_account_id,
@@ -338,12 +344,8 @@ def lot_message(lot: Lot, now: datetime) -> wallet_pb2.Lot:
     return message
 
 
-_REFERENCE_FIELDS = ("operation_id", "terminal_id", "receipt_id", "outlet_id", "partner_id", "campaign_id")
-
-
-def entry_message(row: Any, unit: Unit, kind: str) -> wallet_pb2.Entry:
-    """A history row (joined with its transfer's request) as an Entry."""
-    request = json.loads(row["request"])
+def entry_message(row: Any, request: TransferRequest, unit: Unit, kind: str) -> wallet_pb2.Entry:
+    """A history row, and the request of its transfer, as an Entry."""
     message = wallet_pb2.Entry(
         account_id=str(row["account_id"]),
         sequence=row["sequence"],
@@ -352,14 +354,14 @@ def entry_message(row: Any, unit: Unit, kind: str) -> wallet_pb2.Entry:
         direction=row["direction"],
         amount_minor=row["amount"],
         released_amount_minor=row["released_amount"],
-        reason=request["r"],
-        reference=wallet_pb2.TransferReference(**dict(zip(_REFERENCE_FIELDS, request["ref"], strict=True))),
-        memo=request["memo"],
-        metadata=dict(request["m"]),
+        reason=request.reason,  # type: ignore[arg-type]
+        reference=wallet_pb2.TransferReference(**vars(request.reference)),
+        memo=request.memo,
+        metadata=dict(request.metadata),
         counterparty=wallet_pb2.Counterparty(account_id=row["counterparty_account_id"]),
-        pending_transfer_id=request["p"],
-        reverses_transfer_id=request["rev"],
-        on_behalf_of_member_id=request["obo"],
+        pending_transfer_id=request.pending_transfer_id,
+        reverses_transfer_id=request.reverses_transfer_id,
+        on_behalf_of_member_id=request.on_behalf_of_member_id,
     )
     balance = Balance(
         account_id=str(row["account_id"]),

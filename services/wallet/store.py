@@ -12,13 +12,21 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import fields, replace
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from services.wallet import mapping
 from services.wallet.domain.accounts import PROGRAM_SYSTEM_ROLES, STRIPES, AccountKind, balance_floor
-from services.wallet.domain.ledger import Batch, LedgerInvariantError
+from services.wallet.domain.ledger import (
+    KEEPS_LOT_TIMES,
+    SYSTEM_ACCOUNT,
+    WALLET_ID_PREFIX,
+    Batch,
+    LedgerInvariantError,
+)
 from services.wallet.domain.model import (
+    INT64_MAX,
     Account,
     AccountState,
     AccountType,
@@ -33,6 +41,7 @@ from services.wallet.domain.model import (
     Outcome,
     OverdraftMode,
     Policy,
+    Reason,
     Reference,
     SystemRole,
     TransferRecord,
@@ -421,8 +430,8 @@ async def find_account_ids(
 
 _ACCOUNT_COLUMNS = """
     a.account_id, a.program_id, a.type, a.kind, a.master_account_id, a.member_id, a.system_role, a.partner_id,
-    a.pool_id, a.unit_type, a.currency_code, a.scale, a.state, a.freeze_mode, a.state_reason, a.is_primary,
-    a.external_ref, a.display_name, a.create_time, a.state_time, a.debits_posted, a.credits_posted,
+    a.pool_id, a.unit_type, a.currency_code, a.scale, a.state, a.freeze_mode, a.is_primary,
+    a.external_ref, a.display_name, a.debits_posted, a.credits_posted,
     a.debits_pending, a.credits_pending, a.lifetime_earned, a.entry_sequence, a.master_state, a.master_freeze_mode,
     k.spendable, k.transferable, k.overdraft_mode, k.debt_limit_minor, k.balance_max_minor, k.activation_delay_s,
     k.expiry_mode, k.lifetime_s, k.fixed_expiry_time, k.redemption_priority
@@ -465,7 +474,7 @@ async def load_accounts(
         rows += await connection.fetch(f"{select} AND a.type = 3 ORDER BY a.account_id FOR SHARE OF a", ids)
     else:
         rows = await connection.fetch(select, ids)
-    policies: dict[tuple[Any, ...], Policy] = {}
+    policies: dict[tuple[str, str], Policy] = {}
     accounts = {}
     for row in rows:
         account = _account(row, policies)
@@ -473,10 +482,9 @@ async def load_accounts(
     member_ids = [i for i, a in accounts.items() if a.has_lots]
     if with_lots and member_ids:
         for row in await connection.fetch(
-            f"SELECT {_LOT_COLUMNS} FROM lots WHERE account_id = ANY($1::uuid[]) AND remaining > 0", member_ids
+            f"SELECT {_LOT_COLUMNS} FROM lots WHERE account_id = ANY($1::uuid[]) AND NOT spent", member_ids
         ):
-            lot_id, account_id, *rest = row
-            lot = Lot(str(lot_id), str(account_id), *rest)
+            lot = Lot(*row)
             accounts[lot.account_id].lots.append(lot)
     return accounts
 
@@ -485,39 +493,25 @@ _STATES = {int(s): s for s in AccountState}
 _FREEZE_MODES = {int(m): m for m in FreezeMode}
 _TYPES = {int(t): t for t in AccountType}
 _ROLES = {int(r): r for r in SystemRole}
-_POLICY_COLUMNS = (
-    "spendable",
-    "transferable",
-    "overdraft_mode",
-    "debt_limit_minor",
-    "balance_max_minor",
-    "activation_delay_s",
-    "expiry_mode",
-    "lifetime_s",
-    "fixed_expiry_time",
-    "redemption_priority",
-)
 
 
-def _account(row: Any, policies: dict[tuple[Any, ...], Policy] | None = None) -> Account:
-    """An account from its row; `policies` shares one Policy among the rows of the same kind."""
+def _account(row: Any, policies: dict[tuple[str, str], Policy] | None = None) -> Account:
+    """An account from its row; `policies` shares one Policy among the rows of the same kind
+    read by one statement (so from one version of the kind)."""
     own_state, master_state = _STATES[row["state"]], _STATES[row["master_state"]]
     state = max(own_state, master_state)  # CLOSED > FROZEN > ACTIVE: the stricter one applies
     freeze = _FREEZE_MODES[max(row["freeze_mode"], row["master_freeze_mode"])]
     account_type = _TYPES[row["type"]]
-    system = account_type is AccountType.SYSTEM
+    system = account_type is SYSTEM_ACCOUNT
     policy = None
     if not system:
-        key = tuple(row[c] for c in _POLICY_COLUMNS)
+        key = (row["program_id"], row["kind"])
         policy = policies.get(key) if policies is not None else None
         if policy is None:
             policy = _policy(row)
             if policies is not None:
                 policies[key] = policy
-    unit_key = (row["unit_type"], row["currency_code"], row["scale"])
-    unit = _UNITS.get(unit_key)
-    if unit is None:
-        unit = _UNITS.setdefault(unit_key, Unit(*unit_key))
+    unit = _unit(row["unit_type"], row["currency_code"], row["scale"])
     master_account_id = row["master_account_id"]
     pool_id = row["pool_id"]
     return Account(
@@ -553,13 +547,22 @@ def _account(row: Any, policies: dict[tuple[Any, ...], Policy] | None = None) ->
 _UNITS: dict[tuple[int, str, int], Unit] = {}
 
 
-# In the order of Lot's fields (load_accounts builds lots positionally).
+def _unit(unit_type: int, currency_code: str, scale: int) -> Unit:
+    key = (unit_type, currency_code, scale)
+    unit = _UNITS.get(key)
+    if unit is None:
+        unit = _UNITS.setdefault(key, Unit(*key))
+    return unit
+
+
+# In the order of Lot's fields (load_accounts builds lots positionally); ids as text, which
+# asyncpg decodes more cheaply than a UUID it then has to format.
 _LOT_COLUMNS = (
-    "lot_id, account_id, transfer_id, reason, amount, remaining, held, expired_amount, activation_time,"
+    "lot_id::text, account_id::text, transfer_id, reason, amount, remaining, held, expired_amount, activation_time,"
     " expiry_time, effective_time"
 )
 
-if tuple(c.strip() for c in _LOT_COLUMNS.split(",")) != tuple(f.name for f in fields(Lot)):
+if tuple(c.strip().removesuffix("::text") for c in _LOT_COLUMNS.split(",")) != tuple(f.name for f in fields(Lot)):
     raise RuntimeError("_LOT_COLUMNS must list Lot's fields, in their order")
 
 
@@ -719,15 +722,88 @@ async def load_batch(connection: Connection, requests: Sequence[TransferRequest]
     account_ids = {r.debit_account_id for r in requests} | {r.credit_account_id for r in requests}
     for record in records.values():
         account_ids |= {record.request.debit_account_id, record.request.credit_account_id}
-    accounts = await load_accounts(connection, account_ids - {""}, lock=True)
+    accounts = await load_accounts(connection, account_ids - {""}, lock=True, with_lots=False)
+    await _load_reachable_lots(connection, accounts, _plain_lots_needed(requests, records), now)
     await load_pools(connection, accounts, now)
     return Batch(now=now, accounts=accounts, records=records)
 
 
+def _plain_lots_needed(requests: Sequence[TransferRequest], records: dict[str, TransferRecord]) -> dict[str, int]:
+    """How much a batch may take from each account's plain lots (see _REACHABLE_LOTS): at most
+    what it debits there. The accounts of the records it names (holds, reversed originals,
+    replays) and the credit side of transfers whose lots take their times from earlier ones
+    get every lot: those paths look lots up by id."""
+    needed: dict[str, int] = {}
+    for request in requests:
+        needed[request.debit_account_id] = needed.get(request.debit_account_id, 0) + request.amount
+        if request.reason in KEEPS_LOT_TIMES or request.reason == Reason.REDEMPTION_REVERSAL:
+            needed[request.credit_account_id] = INT64_MAX
+    for record in records.values():
+        needed[record.request.debit_account_id] = INT64_MAX
+        needed[record.request.credit_account_id] = INT64_MAX
+    return needed
+
+
+# The lots a batch can reach, and the sum of the others. A plain lot (active, never expiring,
+# nothing of it held) changes nothing in an account's balances beyond its posted total, and is
+# consumed last, oldest first (Lot.consumption_key): so an account gets every lot that is not
+# plain, plus its plain lots in consumption order until they cover what the batch may take
+# there; the remaining of the plain lots after those is summed (a row with a NULL lot_id), so
+# that the ledger can still check that the lots add up to the balance. The order is the
+# domain's: uuid order is the order of canonical uuid text. Each account's lots are read by a
+# lateral subquery, an index scan whatever the statistics say (right after a bulk load, before
+# autovacuum has analysed the table, a join on the account ids would read all lots instead).
+_REACHABLE_LOTS = """
+WITH ranked AS (
+    SELECT l.*, w.needed
+    FROM unnest($1::uuid[], $2::bigint[]) AS w(account_id, needed)
+    CROSS JOIN LATERAL (
+        SELECT lot_id, account_id, transfer_id, reason, amount, remaining, held, expired_amount, activation_time,
+            expiry_time, effective_time, plain,
+            sum(remaining) FILTER (WHERE plain) OVER (ORDER BY activation_time, lot_id) - remaining AS plain_before
+        FROM (
+            SELECT *, held = 0 AND expiry_time IS NULL AND activation_time <= $3 AS plain
+            FROM lots WHERE account_id = w.account_id AND NOT spent
+        ) AS account_lots
+    ) AS l
+)
+SELECT lot_id::text, account_id::text, transfer_id, reason, amount, remaining, held, expired_amount,
+    activation_time, expiry_time, effective_time
+FROM ranked WHERE NOT plain OR plain_before < needed
+UNION ALL
+SELECT NULL, account_id::text, NULL, NULL, NULL, sum(remaining)::bigint, NULL, NULL, NULL, NULL, NULL
+FROM ranked WHERE plain AND plain_before >= needed GROUP BY account_id
+"""
+
+
+async def _load_reachable_lots(
+    connection: Connection, accounts: dict[str, Account], needed: dict[str, int], now: datetime
+) -> None:
+    ids = [account_id for account_id, account in accounts.items() if account.has_lots]
+    if not ids:
+        return
+    rows = await connection.fetch(_REACHABLE_LOTS, ids, [needed.get(i, 0) for i in ids], now)
+    for row in rows:
+        if row[0] is None:
+            accounts[row[1]].unloaded_remaining = row[5]
+        else:
+            lot = Lot(*row)
+            accounts[lot.account_id].lots.append(lot)
+
+
+def _request(row: Any) -> TransferRequest:
+    """A recorded transfer's request. A client's transfer is stored once, as its body (the
+    protobuf `Transfer` it submitted); the wallet's own transfers have other bodies (see
+    ledger.internal_request) and keep their request as JSON beside it."""
+    body = bytes(row["body"])
+    if row["request"] is not None:
+        return decode_request(row["transfer_id"], body, json.loads(row["request"]))
+    return mapping.request_from_body(body)
+
+
 def _record(row: Any) -> TransferRecord:
-    request = decode_request(row["transfer_id"], bytes(row["body"]), json.loads(row["request"]))
-    return TransferRecord(
-        request=request,
+    record = TransferRecord(
+        request=_request(row),
         state=TransferState(row["state"]),
         rejection_code=Code(row["rejection_code"]) if row["rejection_code"] is not None else None,
         recorded_time=row["recorded_time"],
@@ -738,42 +814,74 @@ def _record(row: Any) -> TransferRecord:
         resolved_by_transfer_id=row["resolved_by_transfer_id"],
         resolved_time=row["resolved_time"],
         reversed_amount=row["reversed_amount"],
-        allocations=[(lot_id, amount) for lot_id, amount in json.loads(row["allocations"])],
-        outcome=replace(decode_outcome(json.loads(row["outcome"])), transfer_id=row["transfer_id"]),
+        allocations=decode_allocations(row["allocations"]),
     )
+    record.outcome = decode_outcome(row["outcome"], record)
+    return record
 
 
 # ------------------------------------------------------------------------------------------------
-# Transfers: persisting a batch, in one statement
+# Transfers: persisting a batch
 
+
+# New rows (transfers, lots, history) go in by COPY (binary): PostgreSQL's cheapest way in, one
+# round trip per table, its rows encoded by asyncpg's codecs without per-value Python. What the
+# batch changed goes in one statement of set-based updates.
+_TRANSFER_COLUMNS = (
+    "transfer_id",
+    "body",
+    "request",
+    "state",
+    "rejection_code",
+    "debit_account_id",
+    "credit_account_id",
+    "amount",
+    "reason",
+    "operation_id",
+    "terminal_id",
+    "receipt_id",
+    "recorded_time",
+    "effective_time",
+    "posted_amount",
+    "pending_expiry_time",
+    "resolved_by_transfer_id",
+    "resolved_time",
+    "reversed_amount",
+    "allocations",
+    "outcome",
+)
+_NEW_LOT_COLUMNS = tuple(f.name for f in fields(Lot))
+_ENTRY_COLUMNS = (
+    "account_id",
+    "sequence",
+    "transfer_id",
+    "type",
+    "direction",
+    "amount",
+    "released_amount",
+    "counterparty_account_id",
+    "available",
+    "pending",
+    "held",
+    "next_expiry_amount",
+    "next_expiry_time",
+    "lifetime_earned",
+    "recorded_time",
+    "effective_time",
+)
 
 _PERSIST_TEMPLATE = """
 WITH
-new_transfers AS (
-    INSERT INTO transfers (transfer_id, body, request, state, rejection_code, debit_account_id, credit_account_id,
-        amount, reason, operation_id, recorded_time, effective_time, posted_amount, pending_expiry_time,
-        resolved_by_transfer_id, resolved_time, reversed_amount, allocations, outcome, terminal_id, receipt_id)
-    SELECT * FROM unnest($1::text[], $2::bytea[], $3::jsonb[], $4::smallint[], $5::smallint[], $6::text[],
-        $7::text[], $8::bigint[], $9::smallint[], $10::text[], $11::timestamptz[], $12::timestamptz[],
-        $13::bigint[], $14::timestamptz[], $15::text[], $16::timestamptz[], $17::bigint[], $18::jsonb[],
-        $19::jsonb[], $66::text[], $67::text[])
-),
 changed_transfers AS (
     UPDATE transfers t SET state = u.state, posted_amount = u.posted_amount,
         resolved_by_transfer_id = u.resolved_by, resolved_time = u.resolved_time, reversed_amount = u.reversed_amount
-    FROM unnest($20::text[], $21::smallint[], $22::bigint[], $23::text[], $24::timestamptz[], $25::bigint[])
+    FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::text[], $5::timestamptz[], $6::bigint[])
         AS u(transfer_id, state, posted_amount, resolved_by, resolved_time, reversed_amount)
     WHERE t.transfer_id = u.transfer_id
 ),
-new_lots AS (
-    INSERT INTO lots (lot_id, account_id, transfer_id, reason, amount, remaining, held, expired_amount,
-        activation_time, expiry_time, effective_time)
-    SELECT * FROM unnest($26::uuid[], $27::uuid[], $28::text[], $29::smallint[], $30::bigint[], $31::bigint[],
-        $32::bigint[], $33::bigint[], $34::timestamptz[], $35::timestamptz[], $36::timestamptz[])
-),
 changed_lots AS (
     UPDATE lots l SET remaining = u.remaining, held = u.held, expired_amount = u.expired_amount
-    FROM unnest($68::uuid[], $69::bigint[], $70::bigint[], $71::bigint[])
+    FROM unnest($7::uuid[], $8::bigint[], $9::bigint[], $10::bigint[])
         AS u(lot_id, remaining, held, expired_amount)
     WHERE l.lot_id = u.lot_id
     RETURNING 1
@@ -782,7 +890,7 @@ member_balances AS (
     UPDATE accounts a SET debits_posted = u.debits_posted, credits_posted = u.credits_posted,
         debits_pending = u.debits_pending, credits_pending = u.credits_pending,
         lifetime_earned = u.lifetime_earned, entry_sequence = u.entry_sequence
-    FROM unnest($37::uuid[], $38::bigint[], $39::bigint[], $40::bigint[], $41::bigint[], $42::bigint[], $43::bigint[])
+    FROM unnest($11::uuid[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[])
         AS u(account_id, debits_posted, credits_posted, debits_pending, credits_pending, lifetime_earned,
              entry_sequence)
     WHERE a.account_id = u.account_id
@@ -791,26 +899,18 @@ system_balances AS (
     UPDATE account_stripes s SET debits_posted = s.debits_posted + u.debits_posted,
         credits_posted = s.credits_posted + u.credits_posted, debits_pending = s.debits_pending + u.debits_pending,
         credits_pending = s.credits_pending + u.credits_pending
-    FROM unnest($44::uuid[], $45::bigint[], $46::bigint[], $47::bigint[], $48::bigint[])
+    FROM unnest($18::uuid[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[])
         AS u(account_id, debits_posted, credits_posted, debits_pending, credits_pending)
-    WHERE s.account_id = u.account_id AND s.stripe = $49
-),
-new_entries AS (
-    INSERT INTO entries (account_id, sequence, transfer_id, type, direction, amount, released_amount,
-        counterparty_account_id, available, pending, held, next_expiry_amount, next_expiry_time, lifetime_earned,
-        recorded_time, effective_time)
-    SELECT * FROM unnest($50::uuid[], $51::bigint[], $52::text[], $53::smallint[], $54::smallint[], $55::bigint[],
-        $56::bigint[], $57::text[], $58::bigint[], $59::bigint[], $60::bigint[], $61::bigint[], $62::timestamptz[],
-        $63::bigint[], $64::timestamptz[], $65::timestamptz[])
+    WHERE s.account_id = u.account_id AND s.stripe = $23
 )
 SELECT count(*) FROM changed_lots
 """
 
 
-# Array parameters of these element types travel as one text literal each ('{1,2,NULL}') that
+# Array parameters of the update statement travel as one text literal each ('{1,2,NULL}') that
 # PostgreSQL casts: asyncpg's binary array encoder inspects every element (several isinstance
-# checks against collections.abc per value), which cost more than the ledger logic per transfer.
-# Text, bytea and jsonb arrays keep the binary encoder (it escapes them).
+# checks against collections.abc per value). Only as arguments of unnest(), evaluated once: in
+# a WHERE clause the cast is not folded into a constant, and would run again for every row.
 def _int_literal(values: Sequence[Any]) -> str:
     if None in values:
         return "{" + ",".join(["NULL" if v is None else _DECIMAL(v) for v in values]) + "}"
@@ -856,7 +956,26 @@ def _timestamptz_text(value: datetime) -> str:
     return value.isoformat()
 
 
-_LITERALS = {"smallint": _int_literal, "bigint": _int_literal, "uuid": _uuid_literal, "timestamptz": _time_literal}
+def _text_literal(values: Sequence[str]) -> str:
+    """Every element quoted, with its backslashes and double quotes escaped. The values are
+    joined around NUL first so that the escaping runs once over all of them: PostgreSQL text
+    can never hold NUL, so a value with one is refused (it would split into two elements)."""
+    if not values:
+        return "{}"
+    joined = "\x00".join(values)
+    if joined.count("\x00") != len(values) - 1:
+        raise ValueError("text with a NUL character cannot be stored")
+    escaped = joined.replace("\\", "\\\\").replace('"', '\\"')
+    return '{"' + escaped.replace("\x00", '","') + '"}'
+
+
+_LITERALS = {
+    "smallint": _int_literal,
+    "bigint": _int_literal,
+    "uuid": _uuid_literal,
+    "timestamptz": _time_literal,
+    "text": _text_literal,
+}
 _ARRAY_PARAMETER = re.compile(r"\$(\d+)::(\w+)\[\]")
 # Parameter number -> how its column becomes a literal.
 _PERSIST_LITERALS = {
@@ -873,32 +992,26 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 
 
 async def persist(connection: Connection, batch: Batch, *, stripe: int) -> None:
-    """Write what the batch decided: one round trip (two when pools spent)."""
+    """Write what the batch decided: a COPY per table that gets new rows, then one statement for
+    the changes (and one more when pools spent)."""
     await persist_pool_spending(connection, (batch.accounts[i] for i in batch.touched_accounts))
+    if batch.created:
+        await connection.copy_records_to_table(
+            "transfers", records=[_transfer_row(record) for record in batch.created], columns=_TRANSFER_COLUMNS
+        )
+    created_lots = {lot.lot_id for lot in batch.new_lots}
+    new_lots = [_lot_row(lot) for lot in batch.touched_lots.values() if lot.lot_id in created_lots]
+    if new_lots:
+        await connection.copy_records_to_table("lots", records=new_lots, columns=_NEW_LOT_COLUMNS)
+    if batch.entries:
+        await connection.copy_records_to_table(
+            "entries", records=[_entry_row(entry) for entry in batch.entries], columns=_ENTRY_COLUMNS
+        )
     created_ids = {record.transfer_id for record in batch.created}
-    new_transfers = [_transfer_row(record) for record in batch.created]
     changed = [
         (r.transfer_id, int(r.state), r.posted_amount, r.resolved_by_transfer_id, r.resolved_time, r.reversed_amount)
         for r in batch.updated.values()
         if r.transfer_id not in created_ids  # a hold created and resolved in one batch is inserted as it ends
-    ]
-    created_lots = {lot.lot_id for lot in batch.new_lots}
-    new_lots = [
-        (
-            lot.lot_id,
-            lot.account_id,
-            lot.transfer_id,
-            lot.reason,
-            lot.amount,
-            lot.remaining,
-            lot.held,
-            lot.expired_amount,
-            lot.activation_time,
-            lot.expiry_time,
-            lot.effective_time,
-        )
-        for lot in batch.touched_lots.values()
-        if lot.lot_id in created_lots
     ]
     changed_lots = [
         (lot.lot_id, lot.remaining, lot.held, lot.expired_amount)
@@ -924,18 +1037,12 @@ async def persist(connection: Connection, batch: Batch, *, stripe: int) -> None:
         for a in touched
         if not a.has_lots
     ]
-    entries = [_entry_row(entry) for entry in batch.entries]
     arguments: list[Any] = [
-        *_columns(new_transfers, 19),
         *_columns(changed, 6),
-        *_columns(new_lots, 11),
+        *_columns(changed_lots, 4),
         *_columns(members, 7),
         *_columns(systems, 5),
         stripe,
-        *_columns(entries, 16),
-        [r.request.reference.terminal_id for r in batch.created],
-        [r.request.reference.receipt_id for r in batch.created],
-        *_columns(changed_lots, 4),
     ]
     for index, literal in _PERSIST_LITERALS.items():
         arguments[index] = literal(arguments[index])
@@ -945,19 +1052,40 @@ async def persist(connection: Connection, batch: Batch, *, stripe: int) -> None:
         raise LedgerInvariantError(f"{len(changed_lots) - updated_lots} changed lots are not in the database")
 
 
+def _lot_row(lot: Lot) -> tuple[Any, ...]:
+    """A lot's fields in _NEW_LOT_COLUMNS order (dataclasses.astuple deep-copies; this does not)."""
+    return (
+        lot.lot_id,
+        lot.account_id,
+        lot.transfer_id,
+        lot.reason,
+        lot.amount,
+        lot.remaining,
+        lot.held,
+        lot.expired_amount,
+        lot.activation_time,
+        lot.expiry_time,
+        lot.effective_time,
+    )
+
+
 def _transfer_row(record: TransferRecord) -> tuple[Any, ...]:
+    """A new transfer's row, in _TRANSFER_COLUMNS order."""
     request = record.request
+    reference = request.reference
     return (
         record.transfer_id,
         request.body,
-        json.dumps(encode_request(request)),
-        int(record.state),
-        int(record.rejection_code) if record.rejection_code is not None else None,
+        json.dumps(encode_request(request)) if record.transfer_id.startswith(WALLET_ID_PREFIX) else None,
+        record.state,
+        record.rejection_code,
         request.debit_account_id,
         request.credit_account_id,
         record.amount,
         request.reason,
-        request.reference.operation_id,
+        reference.operation_id,
+        reference.terminal_id,
+        reference.receipt_id,
         record.recorded_time,
         record.effective_time,
         record.posted_amount,
@@ -965,8 +1093,8 @@ def _transfer_row(record: TransferRecord) -> tuple[Any, ...]:
         record.resolved_by_transfer_id,
         record.resolved_time,
         record.reversed_amount,
-        json.dumps(record.allocations),
-        json.dumps(encode_outcome(record.outcome)),
+        encode_allocations(record.allocations),
+        encode_outcome(record.outcome),
     )
 
 
@@ -1015,7 +1143,7 @@ async def due_lots(connection: Connection, now: datetime, limit: int) -> list[tu
     rows = await connection.fetch(
         """
         SELECT lot_id, account_id FROM lots
-        WHERE remaining > held AND expiry_time IS NOT NULL AND expiry_time <= $1
+        WHERE expirable AND expiry_time <= $1
         ORDER BY expiry_time LIMIT $2
         """,
         now,
@@ -1054,8 +1182,8 @@ async def list_entries(
     after: tuple[datetime, str, int] | None,
     oldest_first: bool,
     limit: int,
-) -> list[Any]:
-    """History rows (with their transfer's request) of one or several accounts, in recorded
+) -> list[tuple[Any, TransferRequest]]:
+    """History rows, each with its transfer's request, of one or several accounts, in recorded
     order (ties by account and sequence), after the keyset cursor `after`."""
     ids = [i for i in account_ids if _is_uuid(i)]
     if not ids:
@@ -1084,14 +1212,14 @@ async def list_entries(
     arguments.append(limit)
     rows = await connection.fetch(
         f"""
-        SELECT e.*, t.request FROM entries e JOIN transfers t ON t.transfer_id = e.transfer_id
+        SELECT e.*, t.body, t.request FROM entries e JOIN transfers t ON t.transfer_id = e.transfer_id
         WHERE {" AND ".join(conditions)}
         ORDER BY e.recorded_time {direction}, e.account_id::text {direction}, e.sequence {direction}
         LIMIT ${len(arguments)}
         """,
         *arguments,
     )
-    return list(rows)
+    return [(row, _request(row)) for row in rows]
 
 
 async def list_lots(
@@ -1101,7 +1229,7 @@ async def list_lots(
         return []
     rows = await connection.fetch(
         f"""
-        SELECT * FROM lots WHERE account_id = $1 {"" if include_spent else "AND remaining > 0"}
+        SELECT * FROM lots WHERE account_id = $1 {"" if include_spent else "AND NOT spent"}
         ORDER BY expiry_time IS NULL, expiry_time, activation_time, lot_id OFFSET $2 LIMIT $3
         """,
         account_id,
@@ -1132,25 +1260,27 @@ async def ledger_sum(connection: Connection) -> list[tuple[int, str, int, int]]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Domain values <-> JSON (the `request`, `outcome` and `allocations` columns)
+# Domain values <-> the `request` JSON of the wallet's own transfers, and the compact text of the
+# `outcome` and `allocations` columns
+#
+# A client's transfer is its body (mapping.request_from_body reads it back); an outcome's times
+# are the row's recorded_time, effective_time and pending_expiry_time (an outcome is made with
+# the record's, and they never change). The rest of the outcome is one line:
+#     code|amount|released_amount|lot_id|debit balance|credit balance
+# a balance being empty (none: a SYSTEM account, or an account not found) or
+#     account_id,kind,available,pending,held,next_expiry_amount,next_expiry_time,lifetime_earned,
+#     unit_type,currency_code,scale
+# with times in ISO 8601. No field can hold a separator: ids are UUIDs (the wallet's own),
+# kinds [a-z0-9_], currency codes [A-Z]{3}. Allocations are "lot_id:amount" joined by commas.
+# (The migration 20261123000005 converted the earlier JSON to exactly these forms.)
 
 
-def _time(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    # The times of a batch's outcomes are mostly its clock: remember the last one formatted.
-    if value is _last_time[0]:
-        return str(_last_time[1])
-    text = value.isoformat()
-    _last_time[:] = [value, text]
-    return text
+def _time_text(value: datetime | None) -> str:
+    return "" if value is None else value.isoformat()
 
 
-_last_time: list[Any] = [None, None]
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value).astimezone(UTC) if value else None
+def _parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text).astimezone(UTC) if text else None
 
 
 def encode_request(request: TransferRequest) -> dict[str, Any]:
@@ -1169,8 +1299,10 @@ def encode_request(request: TransferRequest) -> dict[str, Any]:
         "ref": list(vars(request.reference).values()),
         "m": [list(pair) for pair in request.metadata],
         "memo": request.memo,
-        "it": _time(request.imported_time),
-        "lt": None if terms is None else [_time(terms.activation_time), _time(terms.expiry_time), terms.no_expiry],
+        "it": _time_text(request.imported_time) or None,
+        "lt": None
+        if terms is None
+        else [_time_text(terms.activation_time) or None, _time_text(terms.expiry_time) or None, terms.no_expiry],
         "rev": request.reverses_transfer_id,
         "obo": request.on_behalf_of_member_id,
     }
@@ -1198,66 +1330,68 @@ def decode_request(transfer_id: str, body: bytes, data: dict[str, Any]) -> Trans
     )
 
 
-def _encode_balance(balance: Balance | None) -> list[Any] | None:
+def encode_outcome(outcome: Outcome | None) -> str:
+    if outcome is None:
+        raise LedgerInvariantError("a transfer was recorded without its outcome")
+    return (
+        f"{outcome.code:d}|{outcome.amount:d}|{outcome.released_amount:d}|{outcome.lot_id}"
+        f"|{_encode_balance(outcome.debit_balance)}|{_encode_balance(outcome.credit_balance)}"
+    )
+
+
+def _encode_balance(balance: Balance | None) -> str:
     if balance is None:
-        return None
-    return [
-        balance.account_id,
-        balance.kind,
-        balance.available,
-        balance.pending,
-        balance.held,
-        balance.next_expiry_amount,
-        _time(balance.next_expiry_time),
-        balance.lifetime_earned,
-        [balance.unit.type, balance.unit.currency_code, balance.unit.scale],
-    ]
-
-
-def _decode_balance(data: list[Any] | None) -> Balance | None:
-    if data is None:
-        return None
-    return Balance(
-        account_id=data[0],
-        kind=data[1],
-        available=data[2],
-        pending=data[3],
-        held=data[4],
-        next_expiry_amount=data[5],
-        next_expiry_time=_parse_time(data[6]),
-        lifetime_earned=data[7],
-        unit=Unit(*data[8]),
+        return ""
+    unit = balance.unit
+    return (
+        f"{balance.account_id},{balance.kind},{balance.available:d},{balance.pending:d},{balance.held:d},"
+        f"{balance.next_expiry_amount:d},{_time_text(balance.next_expiry_time)},{balance.lifetime_earned:d},"
+        f"{unit.type:d},{unit.currency_code},{unit.scale:d}"
     )
 
 
-def encode_outcome(outcome: Outcome | None) -> dict[str, Any]:
-    assert outcome is not None  # every recorded transfer has its outcome
-    return {
-        "code": int(outcome.code),
-        "rt": _time(outcome.recorded_time),
-        "et": _time(outcome.effective_time),
-        "db": _encode_balance(outcome.debit_balance),
-        "cb": _encode_balance(outcome.credit_balance),
-        "a": outcome.amount,
-        "ra": outcome.released_amount,
-        "pe": _time(outcome.pending_expiry_time),
-        "lot": outcome.lot_id,
-    }
-
-
-def decode_outcome(data: dict[str, Any]) -> Outcome:
+def decode_outcome(text: str, record: TransferRecord) -> Outcome:
+    code, amount, released, lot_id, debit, credit = text.split("|")
     return Outcome(
-        transfer_id="",  # filled by the caller; the record knows its id
-        code=Code(data["code"]),
-        recorded_time=_parse_time(data["rt"]),
-        effective_time=_parse_time(data["et"]),
-        debit_balance=_decode_balance(data["db"]),
-        credit_balance=_decode_balance(data["cb"]),
-        amount=data["a"],
-        released_amount=data["ra"],
-        pending_expiry_time=_parse_time(data["pe"]),
-        lot_id=data["lot"],
+        transfer_id=record.transfer_id,
+        code=Code(int(code)),
+        recorded_time=record.recorded_time,
+        effective_time=record.effective_time,
+        debit_balance=_decode_balance(debit),
+        credit_balance=_decode_balance(credit),
+        amount=int(amount),
+        released_amount=int(released),
+        pending_expiry_time=record.pending_expiry_time,
+        lot_id=lot_id,
     )
+
+
+def _decode_balance(text: str) -> Balance | None:
+    if not text:
+        return None
+    account_id, kind, available, pending, held, expiry_amount, expiry_time, lifetime, *unit = text.split(",")
+    unit_type, currency_code, scale = unit
+    return Balance(
+        account_id=account_id,
+        kind=kind,
+        available=int(available),
+        pending=int(pending),
+        held=int(held),
+        next_expiry_amount=int(expiry_amount),
+        next_expiry_time=_parse_time(expiry_time),
+        lifetime_earned=int(lifetime),
+        unit=_unit(int(unit_type), currency_code, int(scale)),
+    )
+
+
+def encode_allocations(allocations: list[tuple[str, int]]) -> str:
+    return ",".join([f"{lot_id}:{amount:d}" for lot_id, amount in allocations])
+
+
+def decode_allocations(text: str) -> list[tuple[str, int]]:
+    if not text:
+        return []
+    return [(lot_id, int(amount)) for lot_id, _, amount in (pair.partition(":") for pair in text.split(","))]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,14 +2,22 @@
 
 A CreateTransfers call costs a gRPC round trip the wallet cannot avoid, but its database work
 can be shared: calls that arrive while a transaction is running wait in a queue, and the next
-transaction takes all of them (up to a bound). Each call's transfers stay a group of their own
-(their linked chains never run into another call's), and each call gets its own outcomes.
+transaction takes them (up to a bound). Each call's transfers stay a group of their own (their
+linked chains never run into another call's), and each call gets its own outcomes.
 
 Up to `writers` transactions run at once, but a second one starts beside a running one only
 when enough transfers wait (`parallel_transfers_min`): small calls then share the next
 transaction, which costs one commit and one set of round trips however many it carries (for
 single-transfer calls that is a fifth less CPU per transfer, wallet and PostgreSQL together),
-while big batches still overlap one transaction's database work with the next one's Python.
+while big batches overlap one transaction's database work with the other one's Python: with a
+writer free beside it, a transaction takes only an even share of what waits, so that the rest
+starts at once beside it.
+
+Overlapping transactions must not wait for each other's locks: calls that name a member
+account a running transaction holds stay queued for a later one (their order does not matter:
+they are concurrent calls). Otherwise the second transaction would queue behind the first on
+that account's row lock, and the process would idle through the first one's database work.
+SYSTEM accounts do not count: transactions share them (FOR SHARE, a stripe each).
 
 If a shared transaction fails for a reason that is not transient (a bug caught by an invariant
 or a constraint), its calls are retried one transaction each, so one bad call fails alone.
@@ -20,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +52,13 @@ class _Call:
     requests: Sequence[TransferRequest]
     internal: bool = False  # transfers the wallet makes itself (ids under "wallet:")
     done: asyncio.Future[list[Outcome]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # The accounts the call names (a post or void may name none: its hold's are found later).
+    accounts: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.accounts = frozenset(
+            account_id for r in self.requests for account_id in (r.debit_account_id, r.credit_account_id) if account_id
+        )
 
 
 Clock = Callable[[Connection], Awaitable[datetime]]
@@ -68,10 +84,14 @@ class TransferWriter:
         # transfers wait: small calls are better off sharing the next transaction (one commit,
         # one set of round trips) than splitting into two half-empty ones.
         self.parallel_transfers_min = parallel_transfers_min
-        self.queue: asyncio.Queue[_Call] = asyncio.Queue()
+        self.queue: deque[_Call] = deque()  # unbounded: each call is bounded (BATCH_SIZE_MAX), callers by the server
         self.queued_transfers = 0
         self.running = 0  # transactions in flight
         self.changed = asyncio.Event()  # something was queued, or a transaction ended
+        # The accounts each running transaction names, and the ids known to be SYSTEM accounts
+        # (an account's type never changes; learnt from the batches, so bounded by their number).
+        self.accounts_in_use: list[frozenset[str]] = []
+        self.shared_accounts: set[str] = set()
         # The stripes of SYSTEM accounts that this process's running transactions write: the next
         # one picks another, so that they do not queue behind each other on a stripe row.
         self.stripes_in_use: set[int] = set()
@@ -92,7 +112,7 @@ class TransferWriter:
         """Queue the requests; the future gets their outcomes. Cancelling it does not take them
         back: a transaction that already carries them completes (a retry finds the outcomes)."""
         call = _Call(requests, internal)
-        self.queue.put_nowait(call)  # unbounded: each call is bounded (BATCH_SIZE_MAX), callers by the server
+        self.queue.append(call)
         self.queued_transfers += len(requests)
         self.changed.set()
         return call.done
@@ -100,29 +120,58 @@ class TransferWriter:
     async def _dispatch(self) -> None:
         """Take calls in arrival order into transactions, at most `writers` at once."""
         while True:
-            first = await self.queue.get()
-            self.queued_transfers -= len(first.requests)
-            while self.running >= self.writers or (
-                self.running and len(first.requests) + self.queued_transfers < self.parallel_transfers_min
-            ):
+            calls = self._next_transaction()
+            if not calls:
                 self.changed.clear()
                 await self.changed.wait()
-            calls, size = [first], len(first.requests)
-            while not self.queue.empty() and size < self.transfers_max:
-                call = self.queue.get_nowait()
-                self.queued_transfers -= len(call.requests)
-                calls.append(call)
-                size += len(call.requests)
+                continue
+            accounts = frozenset().union(*(call.accounts for call in calls)) - self.shared_accounts
             self.running += 1
-            task = asyncio.create_task(self._run(calls), name="transfer-transaction")
+            self.accounts_in_use.append(accounts)
+            task = asyncio.create_task(self._run(calls, accounts), name="transfer-transaction")
             self.tasks.append(task)
             task.add_done_callback(self.tasks.remove)
 
-    async def _run(self, calls: list[_Call]) -> None:
+    def _next_transaction(self) -> list[_Call]:
+        """The calls of the next transaction, in arrival order, leaving queued the calls that name
+        a member account of a running transaction; none when no transaction should start now.
+
+        It takes all that waits when it is the last free writer, else an even share (at least
+        `parallel_transfers_min`): callers that wait for their answers resubmit together, and one
+        transaction taking them all would leave the other writer idle, and the process idle
+        through each transaction's database work."""
+        if not self.queue or self.running >= self.writers:
+            return []
+        if not self.running:
+            in_use: frozenset[str] = frozenset()
+        elif self.queued_transfers < self.parallel_transfers_min:
+            return []
+        else:
+            in_use = frozenset().union(*self.accounts_in_use) - self.shared_accounts
+        free_writers = self.writers - self.running
+        share = -(-self.queued_transfers // free_writers)  # rounded up
+        limit = min(self.transfers_max, max(self.parallel_transfers_min, share))
+        calls, waiting, size = [], deque[_Call](), 0
+        while self.queue and size < limit:
+            call = self.queue.popleft()
+            if in_use and not in_use.isdisjoint(call.accounts):
+                waiting.append(call)
+                continue
+            calls.append(call)
+            size += len(call.requests)
+        self.queue.extendleft(reversed(waiting))
+        if self.running and size < self.parallel_transfers_min:
+            self.queue.extendleft(reversed(calls))  # not worth a second transaction yet
+            return []
+        self.queued_transfers -= size
+        return calls
+
+    async def _run(self, calls: list[_Call], accounts: frozenset[str]) -> None:
         try:
             await self._apply(calls)
         finally:
             self.running -= 1
+            self.accounts_in_use.remove(accounts)
             self.changed.set()
 
     async def _apply(self, calls: list[_Call]) -> None:
@@ -152,6 +201,7 @@ class TransferWriter:
                 async with self.pool.acquire() as connection, connection.transaction():
                     now = await self.clock(connection) if self.clock is not None else None
                     batch = await store.load_batch(connection, requests, now)
+                    self.shared_accounts.update(i for i, account in batch.accounts.items() if not account.has_lots)
                     results = [batch.apply(list(call.requests), internal=call.internal) for call in calls]
                     await store.persist(connection, batch, stripe=stripe)
                 return results

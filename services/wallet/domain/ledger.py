@@ -1,7 +1,8 @@
 """Applying transfers: the ledger's state machine, pure and in memory.
 
-The store loads, under row locks, everything a batch touches (accounts with their lots, earlier
-records of the batch's ids, the holds and originals they name) into a `Batch`; `Batch.apply`
+The store loads, under row locks, everything a batch touches (accounts with the lots it can
+reach, see Account.unloaded_remaining; earlier records of the batch's ids, the holds and
+originals they name) into a `Batch`; `Batch.apply`
 decides every transfer in order and mutates that working copy; the store then persists exactly
 what the batch records as changed, in the same database transaction. So the rules live here,
 once, and the database only has to keep what they decided (its constraints repeat the money
@@ -69,36 +70,64 @@ NEVER_INTO_DEBT = SPENDING_REASONS | {Reason.MEMBER_TRANSFER, Reason.POOL_CONTRI
 
 _REASONS = {int(reason): reason for reason in Reason}
 
+# Enum members read on the transfer path, bound to names once. In Python 3.11 EnumType defines
+# __getattr__, which puts every Class.MEMBER read on a slow attribute hook (about 0.15 us, and
+# the ledger reads dozens per transfer: a tenth of its time). The same objects: `is` holds.
+ACCOUNT_CLOSED, ACCOUNT_FROZEN, FROZEN_FOR_ALL = AccountState.CLOSED, AccountState.FROZEN, FreezeMode.ALL
+MEMBER_ACCOUNT, POOL_ACCOUNT, SYSTEM_ACCOUNT = AccountType.MEMBER, AccountType.POOL, AccountType.SYSTEM
+ADJUSTMENT_ROLE, EXPIRY_ROLE = SystemRole.ADJUSTMENT, SystemRole.EXPIRY
+NEVER_EXPIRES, EXPIRES_AFTER_DURATION = ExpiryMode.NEVER, ExpiryMode.AFTER_DURATION
+NO_OVERDRAFT, DEBT_ALLOWED = OverdraftMode.NO_OVERDRAFT, OverdraftMode.DEBT_ALLOWED
+PENDING, POSTED, VOIDED, EXPIRED, REJECTED = (
+    TransferState.PENDING,
+    TransferState.POSTED,
+    TransferState.VOIDED,
+    TransferState.EXPIRED,
+    TransferState.REJECTED,
+)
+PENDING_ENTRY, POSTED_ENTRY = EntryType.PENDING, EntryType.POSTED
+POST_PENDING_ENTRY, VOID_PENDING_ENTRY, EXPIRE_PENDING_ENTRY = (
+    EntryType.POST_PENDING,
+    EntryType.VOID_PENDING,
+    EntryType.EXPIRE_PENDING,
+)
+DEBIT, CREDIT = Direction.DEBIT, Direction.CREDIT
+CREATED = Code.CREATED
+ACCRUAL_REVERSAL, REDEMPTION_REVERSAL = Reason.ACCRUAL_REVERSAL, Reason.REDEMPTION_REVERSAL
+MEMBER_TRANSFER, POOL_CONTRIBUTION, POOL_RETURN = Reason.MEMBER_TRANSFER, Reason.POOL_CONTRIBUTION, Reason.POOL_RETURN
+ACCOUNT_CLOSURE, EXPIRY_REASON, ADJUSTMENT_REASON = Reason.ACCOUNT_CLOSURE, Reason.EXPIRY, Reason.ADJUSTMENT
+GIFT_LOAD, PARTNER_SETTLEMENT = Reason.GIFT_LOAD, Reason.PARTNER_SETTLEMENT
+
 
 def new_lot_id() -> str:
     """A random (version 4) UUID in its canonical text form, from a buffer of OS randomness
     refilled every 256 ids: uuid.uuid4() makes a system call and a UUID object per lot."""
-    global _random_left
+    global _random_hex, _random_left
     if _random_left == 0:
-        _random.clear()
-        _random.extend(os.urandom(16 * 256))
+        _random_hex = os.urandom(16 * 256).hex()
         _random_left = 256
     _random_left -= 1
-    start = 16 * _random_left
-    value = int.from_bytes(_random[start : start + 16]) & _UUID_CLEAR | _UUID_SET
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    text = _random_hex[32 * _random_left : 32 * _random_left + 32]
+    # The version (4) and the variant (RFC 4122: the top bits 10 of the 17th digit), as
+    # uuid.UUID(version=4) sets them.
+    variant = _VARIANT_DIGITS[text[16]]
+    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{variant}{text[17:20]}-{text[20:]}"
 
 
-_random = bytearray()
+_random_hex = ""
 _random_left = 0
-# The version (4) and variant (RFC 4122) bits of a random UUID, as uuid.UUID(version=4) sets them.
-_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
-_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
+_VARIANT_DIGITS = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 class LedgerInvariantError(Exception):
     """A money invariant does not hold: a bug. The batch is abandoned, nothing is written."""
 
 
-def ensure(condition: bool, message: str) -> None:
+def ensure(condition: bool, message: str, *details: object) -> None:
+    """`message` is formatted with `details` (str.format) only when the check fails: these
+    checks run several times per transfer, and an f-string would be built every time."""
     if not condition:
-        raise LedgerInvariantError(message)
+        raise LedgerInvariantError(message.format(*details) if details else message)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,14 +137,16 @@ def ensure(condition: bool, message: str) -> None:
 def validate(request: TransferRequest, *, internal: bool = False) -> Code | None:
     """The first failing body check, in the order of the result codes, or None."""
     flags = request.flags
-    if not TRANSFER_ID.fullmatch(request.transfer_id):
+    transfer_id = request.transfer_id
+    if not TRANSFER_ID.fullmatch(transfer_id):
         return Code.ID_INVALID
-    if request.transfer_id.startswith(WALLET_ID_PREFIX) and not internal:
+    if transfer_id.startswith(WALLET_ID_PREFIX) and not internal:
         return Code.ID_INVALID
-    phases = sum((flags.pending, flags.post_pending, flags.void_pending))
-    if phases > 1 or (flags.imported and flags.pending):
+    pending = flags.pending
+    resolves_hold = flags.post_pending or flags.void_pending
+    if pending + flags.post_pending + flags.void_pending > 1 or (flags.imported and pending):
         return Code.FLAGS_ARE_MUTUALLY_EXCLUSIVE
-    if not flags.resolves_hold:
+    if not resolves_hold:
         if not request.debit_account_id:
             return Code.DEBIT_ACCOUNT_ID_REQUIRED
         if not request.credit_account_id:
@@ -124,46 +155,44 @@ def validate(request: TransferRequest, *, internal: bool = False) -> Code | None
         return Code.ACCOUNTS_MUST_BE_DIFFERENT
     if not _amount_valid(request):
         return Code.INVALID_AMOUNT
-    if flags.resolves_hold and not request.pending_transfer_id:
+    if resolves_hold and not request.pending_transfer_id:
         return Code.PENDING_TRANSFER_ID_REQUIRED
-    if not flags.resolves_hold and request.pending_transfer_id:
+    if not resolves_hold and request.pending_transfer_id:
         return Code.PENDING_TRANSFER_ID_NOT_ALLOWED
-    if (flags.pending and not 1 <= request.timeout_s <= TIMEOUT_S_MAX) or (not flags.pending and request.timeout_s):
+    if (pending and not 1 <= request.timeout_s <= TIMEOUT_S_MAX) or (not pending and request.timeout_s):
         return Code.INVALID_TIMEOUT
     if not _reason_valid(request, internal=internal):
         return Code.INVALID_REASON
-    if any(len(value) > REFERENCE_LENGTH_MAX for value in vars(request.reference).values()):
+    if max(map(len, vars(request.reference).values())) > REFERENCE_LENGTH_MAX:
         return Code.INVALID_REFERENCE
-    if not _metadata_valid(request):
+    if (request.metadata or len(request.memo) > MEMO_LENGTH_MAX) and not _metadata_valid(request):
         return Code.INVALID_METADATA
-    if not _lot_terms_valid(request):
+    if request.lot_terms is not None and not _lot_terms_valid(request):
         return Code.INVALID_LOT_TERMS
     if flags.imported and request.imported_time is None:
         return Code.IMPORTED_TIME_REQUIRED
     if not flags.imported and request.imported_time is not None:
         return Code.IMPORTED_TIME_NOT_ALLOWED
-    if request.reverses_transfer_id and (flags.pending or flags.resolves_hold):
+    if request.reverses_transfer_id and (pending or resolves_hold):
         return Code.REVERSAL_NOT_ALLOWED
     return None
 
 
 def _amount_valid(request: TransferRequest) -> bool:
-    if request.flags.post_pending:
-        return 0 <= request.amount <= AMOUNT_MAX
-    if request.flags.void_pending:
-        return 0 <= request.amount <= AMOUNT_MAX  # 0 or exactly the hold's: checked against the hold
-    return 1 <= request.amount <= AMOUNT_MAX
+    # A post may name 0 (the whole hold); a void 0 or exactly the hold's, checked against the hold.
+    lowest = 0 if request.flags.post_pending or request.flags.void_pending else 1
+    return lowest <= request.amount <= AMOUNT_MAX
 
 
 def _reason_valid(request: TransferRequest, *, internal: bool) -> bool:
     if request.reason == 0:
         return request.flags.resolves_hold
-    if request.reason not in _REASONS:
+    reason = _REASONS.get(request.reason)
+    if reason is None:
         return False
-    reason = _REASONS[request.reason]
     if reason in WALLET_ONLY_REASONS and not internal:
         return False
-    if reason is Reason.ADJUSTMENT and not request.memo:
+    if reason is ADJUSTMENT_REASON and not request.memo:
         return False
     return not (reason in REVERSAL_REASONS and not request.reverses_transfer_id)
 
@@ -195,28 +224,30 @@ def balance_of(account: Account, now: datetime) -> Balance:
     expired_free = 0
     next_expiry: datetime | None = None
     next_expiry_amount = 0
-    for lot in account.lots:
-        if lot.remaining == 0:
+    for lot in account.lots:  # runs several times per transfer: the Lot methods are inlined
+        remaining = lot.remaining
+        if remaining == 0:
             continue
-        if lot.is_expired(now):
+        expiry = lot.expiry_time
+        if expiry is not None and expiry <= now:
             # Waiting for the expiry run: no longer spendable. Checked before activation so that a
             # lot that expired before it activated is not subtracted twice.
-            expired_free += lot.free()
+            expired_free += remaining - lot.held
             continue
-        if not lot.is_active(now):
-            pending_lots += lot.remaining
-        if lot.expiry_time is not None:
-            if next_expiry is None or lot.expiry_time < next_expiry:
-                next_expiry, next_expiry_amount = lot.expiry_time, lot.remaining
-            elif lot.expiry_time == next_expiry:
-                next_expiry_amount += lot.remaining
-    available = account.posted - account.debits_pending - pending_lots - expired_free
+        if lot.activation_time > now:
+            pending_lots += remaining
+        if expiry is not None:
+            if next_expiry is None or expiry < next_expiry:
+                next_expiry, next_expiry_amount = expiry, remaining
+            elif expiry == next_expiry:
+                next_expiry_amount += remaining
+    debits_pending = account.debits_pending
     return Balance(
         account_id=account.account_id,
         kind=account.kind,
-        available=available,
+        available=account.credits_posted - account.debits_posted - debits_pending - pending_lots - expired_free,
         pending=pending_lots + account.credits_pending,
-        held=account.debits_pending,
+        held=debits_pending,
         next_expiry_amount=next_expiry_amount,
         next_expiry_time=next_expiry,
         lifetime_earned=account.lifetime_earned,
@@ -228,23 +259,28 @@ def check_account_invariants(account: Account) -> None:
     """What every member/pool account satisfies after every transfer."""
     if not account.has_lots:
         return
-    remaining = sum(lot.remaining for lot in account.lots)
-    held = sum(lot.held for lot in account.lots)
-    ensure(all(0 <= lot.held <= lot.remaining <= lot.amount for lot in account.lots), "lot bounds")
-    if account.posted >= 0:
-        ensure(remaining == account.posted, f"{account.account_id}: lots {remaining} != posted {account.posted}")
+    remaining, held = account.unloaded_remaining, 0  # lots not loaded are plain: none of them held
+    for lot in account.lots:
+        ensure(0 <= lot.held <= lot.remaining <= lot.amount, "lot bounds: {}", lot.lot_id)
+        remaining += lot.remaining
+        held += lot.held
+    posted = account.credits_posted - account.debits_posted
+    if posted >= 0:
+        ensure(remaining == posted, "{}: lots {} != posted {}", account.account_id, remaining, posted)
     else:
-        ensure(remaining == 0, f"{account.account_id}: in debt but lots remain")
-    ensure(held == account.debits_pending, f"{account.account_id}: earmarked {held} != held {account.debits_pending}")
+        ensure(remaining == 0, "{}: in debt but lots remain", account.account_id)
+    ensure(
+        held == account.debits_pending, "{}: earmarked {} != held {}", account.account_id, held, account.debits_pending
+    )
     ensure(account.debits_pending >= 0 and account.credits_pending >= 0, "negative pending totals")
     floor = _debt_floor(account)
-    ensure(floor is None or account.posted - account.debits_pending >= floor, f"{account.account_id}: below floor")
+    ensure(floor is None or posted - account.debits_pending >= floor, "{}: below floor", account.account_id)
 
 
 def _debt_floor(account: Account) -> int | None:
     """The lowest posted-minus-held an account may reach: 0, -debt_limit, or None (unbounded)."""
     policy = account.policy
-    if policy is None or policy.overdraft_mode is OverdraftMode.NO_OVERDRAFT:
+    if policy is None or policy.overdraft_mode is NO_OVERDRAFT:
         return 0
     return -policy.debt_limit_minor if policy.debt_limit_minor else None
 
@@ -301,12 +337,12 @@ class Batch:
 
     def expire_hold(self, record: TransferRecord) -> None:
         """Release a hold whose deadline passed (the background worker, or a late post)."""
-        ensure(record.state is TransferState.PENDING, "only open holds expire")
+        ensure(record.state is PENDING, "only open holds expire")
         deadline = record.pending_expiry_time
-        ensure(deadline is not None and deadline <= self.now, f"hold {record.transfer_id} expired before its deadline")
+        ensure(deadline is not None and deadline <= self.now, "hold {} expired before its deadline", record.transfer_id)
         self._touch(record)
-        self._release_hold(record, posted=0, entry_type=EntryType.EXPIRE_PENDING)
-        record.state = TransferState.EXPIRED
+        self._release_hold(record, posted=0, entry_type=EXPIRE_PENDING_ENTRY)
+        record.state = EXPIRED
         record.resolved_time = self.now
         self.updated[record.transfer_id] = record
 
@@ -317,14 +353,14 @@ class Batch:
         (or a retry) doing the same step finds the same id already decided."""
         account = self.accounts[lot.account_id]
         amount = lot.free()
-        ensure(lot.is_expired(self.now) and amount > 0, f"lot {lot.lot_id} has nothing to expire")
-        ensure(expiry_account.system_role is SystemRole.EXPIRY, "expiry goes to the EXPIRY account")
+        ensure(lot.is_expired(self.now) and amount > 0, "lot {} has nothing to expire", lot.lot_id)
+        ensure(expiry_account.system_role is EXPIRY_ROLE, "expiry goes to the EXPIRY account")
         request = internal_request(
             transfer_id=f"{WALLET_ID_PREFIX}expiry:{lot.lot_id}:{lot.expired_amount}",
             debit_account_id=account.account_id,
             credit_account_id=expiry_account.account_id,
             amount=amount,
-            reason=Reason.EXPIRY,
+            reason=EXPIRY_REASON,
         )
         self._touch_accounts(account, expiry_account)
         self._touch_lot(lot)
@@ -334,7 +370,7 @@ class Batch:
         expiry_account.credits_posted += amount
         record = TransferRecord(
             request=request,
-            state=TransferState.POSTED,
+            state=POSTED,
             rejection_code=None,
             recorded_time=self.now,
             effective_time=self.now,
@@ -343,9 +379,7 @@ class Batch:
         )
         record.outcome = self._outcome(record, account, expiry_account, amount=amount, lot_id="")
         self._add_record(record)
-        self._entries(
-            record, account, expiry_account, EntryType.POSTED, amount=amount, released=0, after=record.outcome
-        )
+        self._entries(record, account, expiry_account, POSTED_ENTRY, amount=amount, released=0, after=record.outcome)
         return record
 
     # -- chains -------------------------------------------------------------------------------
@@ -422,9 +456,9 @@ class Batch:
                 different_fields=tuple(_different_fields(existing.request, request)),
             )
         original = existing.outcome
-        ensure(original is not None, f"{request.transfer_id}: recorded without an outcome")
+        ensure(original is not None, "{}: recorded without an outcome", request.transfer_id)
         assert original is not None
-        code = Code.EXISTS if existing.state is not TransferState.REJECTED else original.code
+        code = Code.EXISTS if existing.state is not REJECTED else original.code
         return replace(original, code=code, replayed=True)
 
     def _record_rejection(self, request: TransferRequest, code: Code, effective_time: datetime) -> Outcome:
@@ -441,7 +475,7 @@ class Batch:
         )
         record = TransferRecord(
             request=request,
-            state=TransferState.REJECTED,
+            state=REJECTED,
             rejection_code=code,
             recorded_time=self.now,
             effective_time=effective_time,
@@ -455,7 +489,7 @@ class Batch:
         """The accounts a transfer moves: a post or void may leave them empty, meaning its hold's."""
         if request.flags.resolves_hold:
             hold = self.records.get(request.pending_transfer_id)
-            if hold is not None and hold.is_hold and hold.state is not TransferState.REJECTED:
+            if hold is not None and hold.is_hold and hold.state is not REJECTED:
                 return hold.request.debit_account_id, hold.request.credit_account_id
         return request.debit_account_id, request.credit_account_id
 
@@ -479,23 +513,24 @@ class Batch:
             return Code.DEBIT_ACCOUNT_NOT_FOUND
         if credit is None:
             return Code.CREDIT_ACCOUNT_NOT_FOUND
-        if debit.program_id != credit.program_id or debit.unit != credit.unit:
+        if debit.program_id != credit.program_id or (debit.unit is not credit.unit and debit.unit != credit.unit):
             return Code.ACCOUNTS_MUST_HAVE_SAME_UNIT
-        if debit.state is AccountState.CLOSED:
+        if debit.state is ACCOUNT_CLOSED:
             return Code.DEBIT_ACCOUNT_CLOSED
-        if credit.state is AccountState.CLOSED:
+        if credit.state is ACCOUNT_CLOSED:
             return Code.CREDIT_ACCOUNT_CLOSED
         # An account is frozen before it is closed, so that nothing lands between its forfeiture
         # and its closure; the forfeiture itself must pass.
-        if debit.state is AccountState.FROZEN and request.reason != Reason.ACCOUNT_CLOSURE:
+        if debit.state is ACCOUNT_FROZEN and request.reason != ACCOUNT_CLOSURE:
             return Code.DEBIT_ACCOUNT_FROZEN
-        if credit.state is AccountState.FROZEN and credit.freeze_mode is FreezeMode.ALL:
+        if credit.state is ACCOUNT_FROZEN and credit.freeze_mode is FROZEN_FOR_ALL:
             return Code.CREDIT_ACCOUNT_FROZEN
         if not _reason_fits(_REASONS[request.reason], debit, credit):
             return Code.REASON_NOT_ALLOWED_FOR_ACCOUNT
-        pool_refusal = _pool_refusal(request, debit, credit, effective_time)
-        if pool_refusal is not None:
-            return pool_refusal
+        if debit.pool is not None or credit.pool is not None:
+            pool_refusal = _pool_refusal(request, debit, credit, effective_time)
+            if pool_refusal is not None:
+                return pool_refusal
         if request.reverses_transfer_id:
             rejection = self._reject_reversal(request)
             if rejection is not None:
@@ -514,7 +549,7 @@ class Batch:
         hold = self.records.get(request.pending_transfer_id)
         if hold is None:
             return Code.PENDING_TRANSFER_NOT_FOUND
-        if not hold.is_hold or hold.state is TransferState.REJECTED:
+        if not hold.is_hold or hold.state is REJECTED:
             return Code.PENDING_TRANSFER_NOT_PENDING
         if request.debit_account_id and request.debit_account_id != hold.request.debit_account_id:
             return Code.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT
@@ -522,11 +557,11 @@ class Batch:
             return Code.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT
         if request.flags.void_pending and request.amount not in (0, hold.amount):
             return Code.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
-        if hold.state is TransferState.POSTED:
+        if hold.state is POSTED:
             return Code.PENDING_TRANSFER_ALREADY_POSTED
-        if hold.state is TransferState.VOIDED:
+        if hold.state is VOIDED:
             return Code.PENDING_TRANSFER_ALREADY_VOIDED
-        if hold.state is TransferState.EXPIRED:
+        if hold.state is EXPIRED:
             return Code.PENDING_TRANSFER_EXPIRED
         ensure(hold.pending_expiry_time is not None, "an open hold has a deadline")
         assert hold.pending_expiry_time is not None
@@ -539,9 +574,9 @@ class Batch:
 
     def _reject_reversal(self, request: TransferRequest) -> Code | None:
         original = self.records.get(request.reverses_transfer_id)
-        if original is None or original.state is TransferState.REJECTED:
+        if original is None or original.state is REJECTED:
             return Code.REVERSED_TRANSFER_NOT_FOUND
-        posted_single_phase = original.state is TransferState.POSTED and not original.is_hold
+        posted_single_phase = original.state is POSTED and not original.is_hold
         if not posted_single_phase or original.request.flags.void_pending:
             return Code.REVERSED_TRANSFER_NOT_REVERSIBLE
         original_debit, original_credit = self._account_ids(original.request)  # a post's are its hold's
@@ -563,8 +598,11 @@ class Batch:
             return False  # CREDIT_ACCOUNT_NOT_FOUND decides
         if not credit.has_lots:
             return request.lot_terms is not None
-        if request.reason in KEEPS_LOT_TIMES or request.reason == Reason.REDEMPTION_REVERSAL:
+        if request.reason in KEEPS_LOT_TIMES or request.reason == REDEMPTION_REVERSAL:
             return False  # the lots keep (or get back) the times of the lots they came from
+        policy = credit.policy
+        if request.lot_terms is None and (policy is None or policy.expiry_mode is NEVER_EXPIRES):
+            return False  # its lot never expires (what _lot_times would find, without the work)
         activation, expiry = self._lot_times(credit, request, effective_time)
         if expiry is None:
             return False
@@ -574,7 +612,7 @@ class Batch:
 
     def _usable(self, debit: Account, request: TransferRequest) -> int:
         """How much this transfer may take from a member or pool account."""
-        if request.reason == Reason.ACCOUNT_CLOSURE:
+        if request.reason == ACCOUNT_CLOSURE:
             return debit.posted - debit.debits_pending  # closure forfeits every lot, pending or expired
         available = balance_of(debit, self.now).available
         own_lot = self._own_pending_lot(request, debit)
@@ -585,7 +623,7 @@ class Batch:
             and not request.flags.pending
             and request.reason not in NEVER_INTO_DEBT  # "spending never creates debt" (AccountPolicy)
             and debit.policy is not None
-            and debit.policy.overdraft_mode is OverdraftMode.DEBT_ALLOWED
+            and debit.policy.overdraft_mode is DEBT_ALLOWED
         )
         if not debt_allowed:
             return available
@@ -611,7 +649,7 @@ class Batch:
         credit = self.accounts[request.credit_account_id]
         record = TransferRecord(
             request=request,
-            state=TransferState.PENDING if request.flags.pending else TransferState.POSTED,
+            state=PENDING if request.flags.pending else POSTED,
             rejection_code=None,
             recorded_time=self.now,
             effective_time=effective_time,
@@ -627,7 +665,7 @@ class Batch:
             debit.debits_pending += request.amount
             credit.credits_pending += request.amount
             self._count_pool_spending(debit, request, request.amount, at=effective_time)
-            entry_type = EntryType.PENDING
+            entry_type = PENDING_ENTRY
         else:
             consumed = self._debit_posted(debit, request)
             lot_id, created = self._credit_posted(credit, request, request.amount, effective_time, consumed)
@@ -637,7 +675,7 @@ class Batch:
             record.allocations = consumed if debit.has_lots else created
             self._note_reversal(request)
             self._count_pool_spending(debit, request, request.amount, at=effective_time)
-            entry_type = EntryType.POSTED
+            entry_type = POSTED_ENTRY
         outcome = self._outcome(record, debit, credit, amount=request.amount, lot_id=lot_id)
         record.outcome = outcome
         self._add_record(record)
@@ -653,16 +691,16 @@ class Batch:
         self._touch(credit)
         posted = (request.amount or hold.amount) if request.flags.post_pending else 0
         released = hold.amount - posted
-        entry_type = EntryType.POST_PENDING if request.flags.post_pending else EntryType.VOID_PENDING
+        entry_type = POST_PENDING_ENTRY if request.flags.post_pending else VOID_PENDING_ENTRY
         lot_id, allocations = self._release_hold(hold, posted=posted, entry_type=None)
-        hold.state = TransferState.POSTED if request.flags.post_pending else TransferState.VOIDED
+        hold.state = POSTED if request.flags.post_pending else VOIDED
         hold.posted_amount = posted
         hold.resolved_by_transfer_id = request.transfer_id
         hold.resolved_time = self.now
         self.updated[hold.transfer_id] = hold
         record = TransferRecord(
             request=request,
-            state=TransferState.POSTED if request.flags.post_pending else TransferState.VOIDED,
+            state=POSTED if request.flags.post_pending else VOIDED,
             rejection_code=None,
             recorded_time=self.now,
             effective_time=effective_time,
@@ -702,7 +740,7 @@ class Batch:
             if take:
                 consumed.append((lot_id, take))
         if debit.has_lots:
-            ensure(left_to_post == 0, f"{hold.transfer_id}: hold posted beyond its earmarked lots")
+            ensure(left_to_post == 0, "{}: hold posted beyond its earmarked lots", hold.transfer_id)
         debit.debits_posted += posted
         credit_lot_id, created = "", list[tuple[str, int]]()
         if posted:
@@ -715,13 +753,13 @@ class Batch:
         if not debit.has_lots:
             return []
         allocations = self._take(debit, amount, lambda lot, take: setattr(lot, "held", lot.held + take))
-        ensure(sum(a for _, a in allocations) == amount, f"{debit.account_id}: hold not covered by lots")
+        ensure(sum(a for _, a in allocations) == amount, "{}: hold not covered by lots", debit.account_id)
         return allocations
 
     def _debit_posted(self, debit: Account, request: TransferRequest) -> list[tuple[str, int]]:
         """Post a debit; returns the lots consumed (their times travel with transfers between members)."""
         debit.debits_posted += request.amount
-        if request.reason == Reason.ACCRUAL_REVERSAL:
+        if request.reason == ACCRUAL_REVERSAL:
             debit.lifetime_earned -= request.amount
         if not debit.has_lots:
             return []
@@ -733,11 +771,11 @@ class Batch:
             # takes the unheld lots that are not yet active or already expired.
             consumed += self._take(debit, request.amount - taken, _consume, any_unheld=True)
             taken = sum(a for _, a in consumed)
-        ensure(taken == request.amount or debit.posted < 0, f"{request.transfer_id}: debit not covered by lots")
+        ensure(taken == request.amount or debit.posted < 0, "{}: debit not covered by lots", request.transfer_id)
         return consumed
 
     def _own_lot(self, request: TransferRequest, debit: Account) -> Lot | None:
-        if request.reason != Reason.ACCRUAL_REVERSAL:
+        if request.reason != ACCRUAL_REVERSAL:
             return None
         original = self.records.get(request.reverses_transfer_id)
         if original is None or not original.allocations:
@@ -755,14 +793,20 @@ class Batch:
     ) -> list[tuple[str, int]]:
         """Walk the spendable lots (with `any_unheld`, every lot with an unheld part) in consumption
         order (`first` before all), applying `action`."""
-        spendable = sorted(
-            (
+        now = self.now
+        # Lot.free, is_active and is_expired inlined: this runs for every debit.
+        if any_unheld:
+            spendable = [lot for lot in account.lots if lot.remaining > lot.held]
+        else:
+            spendable = [
                 lot
                 for lot in account.lots
-                if lot.free() > 0 and (any_unheld or (lot.is_active(self.now) and not lot.is_expired(self.now)))
-            ),
-            key=Lot.consumption_key,
-        )
+                if lot.remaining > lot.held
+                and lot.activation_time <= now
+                and (lot.expiry_time is None or lot.expiry_time > now)
+            ]
+        if len(spendable) > 1:
+            spendable.sort(key=Lot.consumption_key)
         if first is not None and first.free() > 0:
             spendable = [first, *(lot for lot in spendable if lot is not first)]
         allocations = []
@@ -770,7 +814,7 @@ class Batch:
         for lot in spendable:
             if left == 0:
                 break
-            take = min(lot.free(), left)
+            take = min(lot.remaining - lot.held, left)
             self._touch_lot(lot)
             action(lot, take)
             allocations.append((lot.lot_id, take))
@@ -795,10 +839,13 @@ class Batch:
         to_lots = amount - min(debt, amount)
         if to_lots == 0:
             return "", []
-        created = [
-            self._new_lot(credit, request, lot_amount, effective_time, terms_from)
-            for lot_amount, terms_from in self._lot_shapes(request, to_lots, sources)
-        ]
+        if request.reason not in KEEPS_LOT_TIMES and request.reason != REDEMPTION_REVERSAL:
+            created = [self._new_lot(credit, request, to_lots, effective_time, None)]  # one lot, fresh terms
+        else:
+            created = [
+                self._new_lot(credit, request, lot_amount, effective_time, terms_from)
+                for lot_amount, terms_from in self._lot_shapes(request, to_lots, sources)
+            ]
         return created[0][0], created
 
     def _lot_shapes(
@@ -807,7 +854,7 @@ class Batch:
         """Transfers between members keep the times of the lots they took; a redemption's reversal
         restores those of the lots it spent; any other credit is one lot with fresh terms."""
         keep_times = request.reason in KEEPS_LOT_TIMES
-        if request.reason == Reason.REDEMPTION_REVERSAL:
+        if request.reason == REDEMPTION_REVERSAL:
             sources = self._restorable(request)
             keep_times = True
         if not keep_times or not sources:
@@ -867,16 +914,16 @@ class Batch:
         policy = account.policy
         terms = request.lot_terms
         delay = policy.activation_delay_s if policy and request.reason in EARNING_REASONS else 0
-        activation = effective_time + timedelta(seconds=delay)
+        activation = effective_time + timedelta(seconds=delay) if delay else effective_time
         if terms is not None and terms.activation_time is not None:
             activation = terms.activation_time
         if terms is not None and terms.no_expiry:
             return activation, None
         if terms is not None and terms.expiry_time is not None:
             return activation, terms.expiry_time
-        if policy is None or policy.expiry_mode is ExpiryMode.NEVER:
+        if policy is None or policy.expiry_mode is NEVER_EXPIRES:
             return activation, None
-        if policy.expiry_mode is ExpiryMode.AFTER_DURATION:
+        if policy.expiry_mode is EXPIRES_AFTER_DURATION:
             return activation, activation + timedelta(seconds=policy.lifetime_s)
         return activation, policy.fixed_expiry_time
 
@@ -896,7 +943,7 @@ class Batch:
             return
         original = self.records[request.reverses_transfer_id]
         credit = self.accounts.get(request.credit_account_id)
-        if credit is not None and request.reason == Reason.REDEMPTION_REVERSAL:
+        if credit is not None and request.reason == REDEMPTION_REVERSAL:
             # A refund of pool spending gives the spender's allowance back (to its period).
             self._count_pool_spending(credit, original.request, -request.amount, at=original.effective_time)
         self._touch(original)
@@ -918,7 +965,7 @@ class Batch:
 
     def _lot(self, account: Account, lot_id: str) -> Lot:
         lot = next((lot for lot in account.lots if lot.lot_id == lot_id), None)
-        ensure(lot is not None, f"lot {lot_id} of {account.account_id} not loaded")
+        ensure(lot is not None, "lot {} of {} not loaded", lot_id, account.account_id)
         assert lot is not None
         return lot
 
@@ -939,7 +986,7 @@ class Batch:
     ) -> Outcome:
         return Outcome(
             transfer_id=record.transfer_id,
-            code=Code.CREATED,
+            code=CREATED,
             recorded_time=record.recorded_time,
             effective_time=record.effective_time,
             debit_balance=self._member_balance(debit),
@@ -963,33 +1010,43 @@ class Batch:
     ) -> None:
         """History lines for member and pool accounts (SYSTEM accounts are read through transfers).
         `after`: the transfer's outcome, computed from the same state, whose balances are reused."""
-        debit_after = after.debit_balance if after is not None else None
-        credit_after = after.credit_balance if after is not None else None
-        for account, direction, other, balance in (
-            (debit, Direction.DEBIT, credit, debit_after),
-            (credit, Direction.CREDIT, debit, credit_after),
-        ):
-            if not account.has_lots:
-                continue
-            if balance is None:
-                balance = balance_of(account, self.now)
-            ensure(balance.account_id == account.account_id, "an entry's balance is its own account's")
-            account.entry_sequence += 1
-            self.entries.append(
-                EntryRecord(
-                    account_id=account.account_id,
-                    sequence=account.entry_sequence,
-                    transfer_id=record.transfer_id,
-                    type=entry_type,
-                    direction=direction,
-                    amount=amount,
-                    released_amount=released,
-                    counterparty_account_id=other.account_id,
-                    balance_after=balance,
-                    recorded_time=self.now,
-                    effective_time=record.effective_time,
-                )
+        if debit.has_lots:
+            balance = after.debit_balance if after is not None else None
+            self._entry(record, debit, DEBIT, credit, balance, entry_type, amount, released)
+        if credit.has_lots:
+            balance = after.credit_balance if after is not None else None
+            self._entry(record, credit, CREDIT, debit, balance, entry_type, amount, released)
+
+    def _entry(
+        self,
+        record: TransferRecord,
+        account: Account,
+        direction: Direction,
+        other: Account,
+        balance: Balance | None,
+        entry_type: EntryType,
+        amount: int,
+        released: int,
+    ) -> None:
+        if balance is None:
+            balance = balance_of(account, self.now)
+        ensure(balance.account_id == account.account_id, "an entry's balance is its own account's")
+        account.entry_sequence += 1
+        self.entries.append(
+            EntryRecord(
+                account_id=account.account_id,
+                sequence=account.entry_sequence,
+                transfer_id=record.transfer_id,
+                type=entry_type,
+                direction=direction,
+                amount=amount,
+                released_amount=released,
+                counterparty_account_id=other.account_id,
+                balance_after=balance,
+                recorded_time=self.now,
+                effective_time=record.effective_time,
             )
+        )
 
 
 def _exceeds_balance_max(credit: Account, amount: int) -> bool:
@@ -1006,7 +1063,7 @@ def _pool_refusal(request: TransferRequest, debit: Account, credit: Account, at:
             return Code.POOL_MEMBER_NOT_FOUND
         if allowance is not None and request.amount > allowance:
             return Code.POOL_SPENDING_LIMIT_EXCEEDED
-    if credit.pool is not None and reason is Reason.POOL_CONTRIBUTION:
+    if credit.pool is not None and reason is POOL_CONTRIBUTION:
         contributor = request.on_behalf_of_member_id or debit.member_id
         if contributor != debit.member_id or contributor not in credit.pool.members:
             return Code.POOL_MEMBER_NOT_FOUND
@@ -1019,38 +1076,38 @@ def _consume(lot: Lot, take: int) -> None:
 
 def _reason_fits(reason: Reason, debit: Account, credit: Account) -> bool:
     """Which way each reason may move value, and which kinds' policies it needs."""
-    debit_member = debit.type is not AccountType.SYSTEM
-    credit_member = credit.type is not AccountType.SYSTEM
-    if reason in EARNING_REASONS or reason is Reason.GIFT_LOAD:
+    debit_member = debit.type is not SYSTEM_ACCOUNT
+    credit_member = credit.type is not SYSTEM_ACCOUNT
+    if reason in EARNING_REASONS or reason is GIFT_LOAD:
         return not debit_member and credit_member
     if reason in SPENDING_REASONS:
         return debit_member and not credit_member and debit.policy is not None and debit.policy.spendable
-    if reason is Reason.ACCRUAL_REVERSAL:
+    if reason is ACCRUAL_REVERSAL:
         return debit_member and not credit_member
-    if reason is Reason.REDEMPTION_REVERSAL:
+    if reason is REDEMPTION_REVERSAL:
         return not debit_member and credit_member
-    if reason is Reason.MEMBER_TRANSFER:
+    if reason is MEMBER_TRANSFER:
         return (
-            debit.type is AccountType.MEMBER
-            and credit.type is AccountType.MEMBER
+            debit.type is MEMBER_ACCOUNT
+            and credit.type is MEMBER_ACCOUNT
             and debit.policy is not None
             and debit.policy.transferable
         )
-    if reason is Reason.POOL_CONTRIBUTION:
+    if reason is POOL_CONTRIBUTION:
         return (
-            debit.type is AccountType.MEMBER
-            and credit.type is AccountType.POOL
+            debit.type is MEMBER_ACCOUNT
+            and credit.type is POOL_ACCOUNT
             and debit.policy is not None
             and debit.policy.transferable
         )
-    if reason is Reason.PARTNER_SETTLEMENT:
+    if reason is PARTNER_SETTLEMENT:
         return not debit_member and not credit_member
-    if reason is Reason.ADJUSTMENT:
-        return SystemRole.ADJUSTMENT in (debit.system_role, credit.system_role)
-    if reason is Reason.EXPIRY or reason is Reason.ACCOUNT_CLOSURE:
-        return debit_member and credit.system_role is SystemRole.EXPIRY
-    if reason is Reason.POOL_RETURN:
-        return debit.type is AccountType.POOL and credit.type is AccountType.MEMBER
+    if reason is ADJUSTMENT_REASON:
+        return ADJUSTMENT_ROLE in (debit.system_role, credit.system_role)
+    if reason is EXPIRY_REASON or reason is ACCOUNT_CLOSURE:
+        return debit_member and credit.system_role is EXPIRY_ROLE
+    if reason is POOL_RETURN:
+        return debit.type is POOL_ACCOUNT and credit.type is MEMBER_ACCOUNT
     return False
 
 

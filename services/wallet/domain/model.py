@@ -142,6 +142,10 @@ class AccountType(IntEnum):
     SYSTEM = 3
 
 
+# Read once per account loaded (Class.MEMBER reads are slow in Python 3.11: see ledger.py).
+_SYSTEM_ACCOUNT = AccountType.SYSTEM
+
+
 class SystemRole(IntEnum):
     NONE = 0
     ISSUANCE = 1
@@ -308,6 +312,9 @@ class Account:
     lifetime_earned: int = 0
     entry_sequence: int = 0
     lots: list[Lot] = field(default_factory=list)
+    # What the lots not in `lots` still hold: a batch loads only the lots it can reach (plain
+    # ones past what it may take are summed, see store._REACHABLE_LOTS); 0 when all are loaded.
+    unloaded_remaining: int = 0
     # POOL accounts: the pool's members and their spending.
     pool: Pool | None = None
     # Member and pool accounts keep lots and history; SYSTEM accounts neither. Set from `type`
@@ -315,7 +322,7 @@ class Account:
     has_lots: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.has_lots = self.type is not AccountType.SYSTEM
+        self.has_lots = self.type is not _SYSTEM_ACCOUNT
 
     @property
     def posted(self) -> int:

@@ -13,17 +13,16 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from loyalty.wallet.v1 import wallet_pb2
 
-from services.wallet import store, usecases, worker
+from services.wallet import mapping, store, usecases, worker
 from services.wallet.domain.accounts import AccountKind
 from services.wallet.domain.ledger import balance_of
 from services.wallet.domain.model import (
     Code,
     ExpiryMode,
-    Flags,
     Policy,
     Reason,
-    Reference,
     SystemRole,
     TransferRequest,
     Unit,
@@ -59,23 +58,17 @@ async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
 
 
 def request(transfer_id: str, debit: str, credit: str, amount: int, reason: Reason, **flags: bool) -> TransferRequest:
-    return TransferRequest(
-        transfer_id=transfer_id,
-        debit_account_id=debit,
-        credit_account_id=credit,
-        amount=amount,
-        pending_transfer_id="",
-        timeout_s=int((3 * DAY).total_seconds()) if flags.get("pending") else 0,
-        flags=Flags(**flags),
-        reason=int(reason),
-        reference=Reference(),
-        metadata=(),
-        memo="",
-        imported_time=None,
-        lot_terms=None,
-        reverses_transfer_id="",
-        on_behalf_of_member_id="",
-        body=repr((transfer_id, debit, credit, amount, reason, flags)).encode(),
+    """As CreateTransfers makes it: the transfer read from its protobuf, which is its body."""
+    return mapping.transfer_request(
+        wallet_pb2.Transfer(
+            transfer_id=transfer_id,
+            debit_account_id=debit,
+            credit_account_id=credit,
+            amount_minor=amount,
+            timeout_s=int((3 * DAY).total_seconds()) if flags.get("pending") else 0,
+            flags=wallet_pb2.TransferFlags(**flags),
+            reason=int(reason),  # type: ignore[arg-type]
+        )
     )
 
 
@@ -135,15 +128,10 @@ async def test_points_activate_expire_and_held_points_wait_for_their_hold(pool: 
         assert await worker.expire_lots(pool, expired_at) == 0
 
         clock.now = expired_at
-        void = request("v1", "", "", 0, Reason.REDEMPTION)
-        void = TransferRequest(
-            **{
-                **vars(void),
-                "reason": 0,
-                "pending_transfer_id": "h1",
-                "flags": Flags(void_pending=True),
-                "body": b"void-h1",
-            }
+        void = mapping.transfer_request(
+            wallet_pb2.Transfer(
+                transfer_id="v1", pending_transfer_id="h1", flags=wallet_pb2.TransferFlags(void_pending=True)
+            )
         )
         (voided,) = await writer.submit([void])
         assert voided.code is Code.CREATED

@@ -1,0 +1,181 @@
+"""A batch reads only the lots it can reach (store._REACHABLE_LOTS), on real PostgreSQL: what it
+consumes, in which order, the balances it answers, and the invariants it checks must be those of
+a ledger that reads every lot."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from loyalty.wallet.v1 import wallet_pb2
+
+from services.wallet import mapping, store, usecases
+from services.wallet.domain.accounts import AccountKind
+from services.wallet.domain.model import Code, ExpiryMode, Policy, Reason, SystemRole, TransferRequest, Unit
+from services.wallet.writer import TransferWriter
+from shared.config import with_database
+from shared.db import migrate
+from tests.harness import Infra
+
+DAY = timedelta(days=1)
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+POINTS = Unit(1, "", 0)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    async def __call__(self, _connection: object) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
+    # A database of its own: other tests' wallet processes expire lots on the real clock.
+    database_url = with_database(infra.database_server_url, f"loyalty_test_wallet_lots_{uuid.uuid4().hex[:8]}")
+    migrate(service="wallet", database_url=database_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+def transfer(
+    transfer_id: str, debit: str, credit: str, amount: int, reason: Reason, **extra: object
+) -> TransferRequest:
+    return mapping.transfer_request(
+        wallet_pb2.Transfer(
+            transfer_id=transfer_id,
+            debit_account_id=debit,
+            credit_account_id=credit,
+            amount_minor=amount,
+            reason=int(reason),  # type: ignore[arg-type]
+            **extra,  # type: ignore[arg-type]
+        )
+    )
+
+
+def seconds(value: datetime) -> dict[str, int]:
+    return {"seconds": int(value.timestamp())}
+
+
+async def test_a_batch_consumes_the_lots_a_full_read_would(pool: asyncpg.Pool) -> None:
+    program = f"lots-{uuid.uuid4().hex[:10]}"
+    kind = AccountKind(program, "base", "Points", POINTS, Policy(expiry_mode=ExpiryMode.NEVER), True)
+    await usecases.create_kind(pool, kind)
+    member = (
+        await usecases.open_member_accounts(pool, program_id=program, member_id="m", kinds=[])
+    ).opened_account_ids[0]
+    other = (await usecases.open_member_accounts(pool, program_id=program, member_id="o", kinds=[])).opened_account_ids[
+        0
+    ]
+    async with pool.acquire() as connection:
+        issuance, _ = await store.ensure_system_account(
+            connection, program_id=program, role=SystemRole.ISSUANCE, unit=POINTS
+        )
+        redemption, _ = await store.ensure_system_account(
+            connection, program_id=program, role=SystemRole.REDEMPTION, unit=POINTS
+        )
+    clock = Clock(T0)
+    writer = TransferWriter(pool, writers=1, transfers_per_transaction_max=100, clock=clock)
+    writer.start()
+    try:
+        # Three plain lots a day apart, a lot that expires, and one not active yet.
+        for day, transfer_id in enumerate(("a1", "a2", "a3")):
+            clock.now = T0 + day * DAY
+            (outcome,) = await writer.submit([transfer(transfer_id, issuance, member, 100, Reason.ACCRUAL)])
+            assert outcome.code is Code.CREATED
+        clock.now = T0 + 3 * DAY
+        expiring = transfer(
+            "e1", issuance, member, 50, Reason.ACCRUAL, lot_terms={"expiry_time": seconds(T0 + 30 * DAY)}
+        )
+        pending = transfer(
+            "p1", issuance, member, 40, Reason.ACCRUAL, lot_terms={"activation_time": seconds(T0 + 60 * DAY)}
+        )
+        assert [o.code for o in await writer.submit([expiring, pending])] == [Code.CREATED, Code.CREATED]
+        (gift,) = await writer.submit([transfer("g1", issuance, other, 10, Reason.ACCRUAL)])
+        assert gift.code is Code.CREATED
+
+        # One batch: two redemptions that reach the expiring lot, all of a1 and part of a2 (a3 is
+        # never read), and a credit to an account whose plain lot it does not read either.
+        clock.now = T0 + 4 * DAY
+        r1, r2, credit = await writer.submit(
+            [
+                transfer("r1", member, redemption, 120, Reason.REDEMPTION),
+                transfer("r2", member, redemption, 60, Reason.REDEMPTION),
+                transfer("g2", issuance, other, 5, Reason.ACCRUAL),
+            ]
+        )
+    finally:
+        await writer.stop()
+
+    assert [r1.code, r2.code, credit.code] == [Code.CREATED] * 3
+    assert r2.debit_balance is not None and credit.credit_balance is not None
+    assert (r2.debit_balance.available, r2.debit_balance.pending) == (100 * 3 + 50 - 180, 40)
+    assert (credit.credit_balance.available, credit.credit_balance.pending) == (15, 0)
+    records = await usecases.lookup(pool, ["a1", "a2", "e1", "r1", "r2"])
+    lot_of = {transfer_id: records[transfer_id].allocations[0][0] for transfer_id in ("a1", "a2", "e1")}
+    assert records["r1"].allocations == [(lot_of["e1"], 50), (lot_of["a1"], 70)]
+    assert records["r2"].allocations == [(lot_of["a1"], 30), (lot_of["a2"], 30)]
+    lots, _ = await usecases.lots(pool, member, offset=0, limit=10, include_spent=True)
+    assert sorted((lot.transfer_id, lot.remaining) for lot in lots) == [
+        ("a1", 0),
+        ("a2", 70),
+        ("a3", 100),
+        ("e1", 0),
+        ("p1", 40),
+    ]
+
+
+async def test_a_debit_beyond_the_plain_lots_in_reach_reads_them_all(pool: asyncpg.Pool) -> None:
+    program = f"lots-{uuid.uuid4().hex[:10]}"
+    kind = AccountKind(program, "base", "Points", POINTS, Policy(expiry_mode=ExpiryMode.NEVER), True)
+    await usecases.create_kind(pool, kind)
+    member = (
+        await usecases.open_member_accounts(pool, program_id=program, member_id="m", kinds=[])
+    ).opened_account_ids[0]
+    async with pool.acquire() as connection:
+        issuance, _ = await store.ensure_system_account(
+            connection, program_id=program, role=SystemRole.ISSUANCE, unit=POINTS
+        )
+        redemption, _ = await store.ensure_system_account(
+            connection, program_id=program, role=SystemRole.REDEMPTION, unit=POINTS
+        )
+    clock = Clock(T0)
+    writer = TransferWriter(pool, writers=1, transfers_per_transaction_max=100, clock=clock)
+    writer.start()
+    try:
+        for day in range(4):
+            clock.now = T0 + day * DAY
+            await writer.submit([transfer(f"a{day}", issuance, member, 10, Reason.ACCRUAL)])
+        clock.now = T0 + 5 * DAY
+        too_much, everything, nothing_left = await writer.submit(
+            [
+                transfer("r1", member, redemption, 41, Reason.REDEMPTION),
+                transfer("r2", member, redemption, 40, Reason.REDEMPTION),
+                transfer("r3", member, redemption, 1, Reason.REDEMPTION),
+            ]
+        )
+    finally:
+        await writer.stop()
+    assert [too_much.code, everything.code, nothing_left.code] == [
+        Code.INSUFFICIENT_FUNDS,
+        Code.CREATED,
+        Code.INSUFFICIENT_FUNDS,
+    ]
+    assert everything.debit_balance is not None and everything.debit_balance.available == 0
+    records = await usecases.lookup(pool, ["r2"])
+    assert [amount for _, amount in records["r2"].allocations] == [10, 10, 10, 10]
+
+
+async def test_text_array_literals_survive_any_character(pool: asyncpg.Pool) -> None:
+    values = ["", "a", "NULL", "null", 'q"uo\\te', "{x,y}", " sp ", "ünï", "a,b", "\\", '"', "\t\n"]
+    async with pool.acquire() as connection:
+        assert await connection.fetchval("SELECT $1::text::text[]", store._text_literal(values)) == values
+        assert await connection.fetchval("SELECT $1::text::text[]", store._text_literal([])) == []
+    with pytest.raises(ValueError, match="NUL"):
+        store._text_literal(["a\x00b"])
