@@ -470,8 +470,13 @@ async def load_accounts(
         # their balances live in stripes, so concurrent batches may all use them, while a
         # freeze or closure (an UPDATE of the row) still waits for the batches in flight and is
         # seen by every later one. (An account's type never changes.)
-        rows = list(await connection.fetch(f"{select} AND a.type <> 3 ORDER BY a.account_id FOR UPDATE OF a", ids))
-        rows += await connection.fetch(f"{select} AND a.type = 3 ORDER BY a.account_id FOR SHARE OF a", ids)
+        # One statement, member rows first then SYSTEM rows, each in id order (the lock order).
+        rows = await connection.fetch(
+            f"WITH members AS ({select} AND a.type <> 3 ORDER BY a.account_id FOR UPDATE OF a),"
+            f" systems AS ({select} AND a.type = 3 ORDER BY a.account_id FOR SHARE OF a)"
+            " SELECT * FROM members UNION ALL SELECT * FROM systems",
+            ids,
+        )
     else:
         rows = await connection.fetch(select, ids)
     policies: dict[tuple[str, str], Policy] = {}
@@ -824,9 +829,12 @@ def _record(row: Any) -> TransferRecord:
 # Transfers: persisting a batch
 
 
-# New rows (transfers, lots, history) go in by COPY (binary): PostgreSQL's cheapest way in, one
-# round trip per table, its rows encoded by asyncpg's codecs without per-value Python. What the
-# batch changed goes in one statement of set-based updates.
+# A batch is written by one statement: its new rows (transfers, lots, history) and its changes
+# (transfers resolved, lots consumed, balances) as one data-modifying CTE each, every column one
+# array parameter. One round trip however many transfers the batch carries: a single transfer's
+# latency and CPU went mostly to round trips when each table had a COPY of its own (two round
+# trips each). The CTEs touch disjoint rows (a row the batch creates is inserted as it ends), so
+# that none needs to see another's effects.
 _TRANSFER_COLUMNS = (
     "transfer_id",
     "body",
@@ -902,9 +910,31 @@ system_balances AS (
     FROM unnest($18::uuid[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[])
         AS u(account_id, debits_posted, credits_posted, debits_pending, credits_pending)
     WHERE s.account_id = u.account_id AND s.stripe = $23
+),
+new_transfers AS (
+    INSERT INTO transfers ({transfer_columns})
+    SELECT * FROM unnest($24::text[], $25::bytea[], $26::jsonb[], $27::smallint[], $28::smallint[], $29::text[],
+        $30::text[], $31::bigint[], $32::smallint[], $33::text[], $34::text[], $35::text[], $36::timestamptz[],
+        $37::timestamptz[], $38::bigint[], $39::timestamptz[], $40::text[], $41::timestamptz[], $42::bigint[],
+        $43::text[], $44::text[])
+),
+new_lots AS (
+    INSERT INTO lots ({lot_columns})
+    SELECT * FROM unnest($45::uuid[], $46::uuid[], $47::text[], $48::smallint[], $49::bigint[], $50::bigint[],
+        $51::bigint[], $52::bigint[], $53::timestamptz[], $54::timestamptz[], $55::timestamptz[])
+),
+new_entries AS (
+    INSERT INTO entries ({entry_columns})
+    SELECT * FROM unnest($56::uuid[], $57::bigint[], $58::text[], $59::smallint[], $60::smallint[], $61::bigint[],
+        $62::bigint[], $63::text[], $64::bigint[], $65::bigint[], $66::bigint[], $67::bigint[], $68::timestamptz[],
+        $69::bigint[], $70::timestamptz[], $71::timestamptz[])
 )
 SELECT count(*) FROM changed_lots
-"""
+""".format(
+    transfer_columns=", ".join(_TRANSFER_COLUMNS),
+    lot_columns=", ".join(_NEW_LOT_COLUMNS),
+    entry_columns=", ".join(_ENTRY_COLUMNS),
+)
 
 
 # Array parameters of the update statement travel as one text literal each ('{1,2,NULL}') that
@@ -969,12 +999,25 @@ def _text_literal(values: Sequence[str]) -> str:
     return '{"' + escaped.replace("\x00", '","') + '"}'
 
 
+def _nullable_text_literal(values: Sequence[str | None]) -> str:
+    if None not in values:
+        return _text_literal(values)  # type: ignore[arg-type]
+    return "{" + ",".join("NULL" if v is None else _text_literal([v])[1:-1] for v in values) + "}"
+
+
+def _bytea_literal(values: Sequence[bytes]) -> str:
+    # Hex form, each element quoted (its backslash escaped for the array literal).
+    return "{" + ",".join(['"\\\\x' + v.hex() + '"' for v in values]) + "}"
+
+
 _LITERALS = {
     "smallint": _int_literal,
     "bigint": _int_literal,
     "uuid": _uuid_literal,
     "timestamptz": _time_literal,
     "text": _text_literal,
+    "jsonb": _nullable_text_literal,
+    "bytea": _bytea_literal,
 }
 _ARRAY_PARAMETER = re.compile(r"\$(\d+)::(\w+)\[\]")
 # Parameter number -> how its column becomes a literal.
@@ -992,32 +1035,21 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 
 
 async def persist(connection: Connection, batch: Batch, *, stripe: int) -> None:
-    """Write what the batch decided: a COPY per table that gets new rows, then one statement for
-    the changes (and one more when pools spent)."""
+    """Write what the batch decided: one statement (and one more when pools spent)."""
     await persist_pool_spending(connection, (batch.accounts[i] for i in batch.touched_accounts))
-    if batch.created:
-        await connection.copy_records_to_table(
-            "transfers", records=[_transfer_row(record) for record in batch.created], columns=_TRANSFER_COLUMNS
-        )
-    created_lots = {lot.lot_id for lot in batch.new_lots}
-    new_lots = [_lot_row(lot) for lot in batch.touched_lots.values() if lot.lot_id in created_lots]
-    if new_lots:
-        await connection.copy_records_to_table("lots", records=new_lots, columns=_NEW_LOT_COLUMNS)
-    if batch.entries:
-        await connection.copy_records_to_table(
-            "entries", records=[_entry_row(entry) for entry in batch.entries], columns=_ENTRY_COLUMNS
-        )
     created_ids = {record.transfer_id for record in batch.created}
     changed = [
         (r.transfer_id, int(r.state), r.posted_amount, r.resolved_by_transfer_id, r.resolved_time, r.reversed_amount)
         for r in batch.updated.values()
         if r.transfer_id not in created_ids  # a hold created and resolved in one batch is inserted as it ends
     ]
-    changed_lots = [
-        (lot.lot_id, lot.remaining, lot.held, lot.expired_amount)
-        for lot in batch.touched_lots.values()
-        if lot.lot_id not in created_lots
-    ]
+    created_lots = {lot.lot_id for lot in batch.new_lots}
+    new_lots, changed_lots = [], []
+    for lot in batch.touched_lots.values():
+        if lot.lot_id in created_lots:
+            new_lots.append(_lot_row(lot))
+        else:
+            changed_lots.append((lot.lot_id, lot.remaining, lot.held, lot.expired_amount))
     touched = [batch.accounts[i] for i in sorted(batch.touched_accounts)]
     members = [
         (
@@ -1043,6 +1075,9 @@ async def persist(connection: Connection, batch: Batch, *, stripe: int) -> None:
         *_columns(members, 7),
         *_columns(systems, 5),
         stripe,
+        *_columns([_transfer_row(record) for record in batch.created], len(_TRANSFER_COLUMNS)),
+        *_columns(new_lots, len(_NEW_LOT_COLUMNS)),
+        *_columns([_entry_row(entry) for entry in batch.entries], len(_ENTRY_COLUMNS)),
     ]
     for index, literal in _PERSIST_LITERALS.items():
         arguments[index] = literal(arguments[index])
