@@ -25,6 +25,15 @@ SERVICES = ("processing", "wallet", "cards", "antifraud", "notifications")
 DEFAULT_GRPC_PORTS = dict(zip(SERVICES, range(50051, 50056), strict=True))
 DEFAULT_METRICS_PORTS = dict(zip(SERVICES, range(9101, 9106), strict=True))
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PLAN_CACHE_MODES = ("AUTO", "FORCE_GENERIC_PLAN", "FORCE_CUSTOM_PLAN")
+# PostgreSQL's plan_cache_mode on a service's connections. The wallet's statements take their
+# rows as array parameters, and under PostgreSQL's default (auto) each custom plan, made for the
+# arrays' actual lengths, looks cheaper than the generic one, so they were planned again on
+# every call: 1.8 ms of PostgreSQL CPU per purchase (0.8 ms of it for a batch's write, which ran
+# in 0.6 ms). A cached generic plan is replaced when the tables' statistics change (ANALYZE),
+# and the wallet has no optional filters that only a custom plan sees through. Processing's
+# list queries do ($1 = '' OR column = $1): they keep auto.
+DEFAULT_PLAN_CACHE_MODES = {"wallet": "FORCE_GENERIC_PLAN"}
 
 
 class ConfigError(Exception):
@@ -46,6 +55,7 @@ class ServiceConfig:
     db_pool_size_min: int
     db_pool_size_max: int
     db_command_timeout_s: float
+    db_plan_cache_mode: str
     shutdown_grace_s: float
     health_check_interval_s: float
     dependency_timeout_s: float
@@ -171,6 +181,9 @@ def load_config(service: str, environ: Mapping[str, str] | None = None) -> Servi
         db_pool_size_min=read.get("DB_POOL_SIZE_MIN", int_between(0, 500), 2),
         db_pool_size_max=read.get("DB_POOL_SIZE_MAX", int_between(1, 500), 16),
         db_command_timeout_s=read.get("DB_COMMAND_TIMEOUT_S", float_between(0.01, 600), 10.0),
+        db_plan_cache_mode=read.get(
+            "DB_PLAN_CACHE_MODE", one_of(*PLAN_CACHE_MODES), DEFAULT_PLAN_CACHE_MODES.get(service, "AUTO")
+        ),
         shutdown_grace_s=read.get("SHUTDOWN_GRACE_S", float_between(0, 600), 10.0),
         health_check_interval_s=read.get("HEALTH_CHECK_INTERVAL_S", float_between(0.05, 60), 1.0),
         dependency_timeout_s=read.get("DEPENDENCY_TIMEOUT_S", float_between(0.01, 60), 1.0),

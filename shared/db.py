@@ -90,7 +90,10 @@ async def create_pool(config: ServiceConfig) -> asyncpg.Pool:
         command_timeout=config.db_command_timeout_s,
         timeout=config.dependency_timeout_s * 5,
         reset=_reset,
-        server_settings={"application_name": f"loyalty-{config.service}"},
+        server_settings={
+            "application_name": f"loyalty-{config.service}",
+            "plan_cache_mode": config.db_plan_cache_mode.lower(),
+        },
     )
     if pool is None:  # asyncpg's typing allows it; it never happens when awaited
         raise RuntimeError("asyncpg returned no pool")

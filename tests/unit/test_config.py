@@ -25,6 +25,13 @@ def test_service_prefix_wins_over_the_platform_prefix() -> None:
     assert load_config("cards", env).grpc_port == 7000
 
 
+def test_only_the_wallet_plans_its_statements_once_by_default() -> None:
+    modes = {s: load_config(s, BASE_ENV).db_plan_cache_mode for s in ("processing", "wallet", "cards")}
+    assert modes == {"processing": "AUTO", "wallet": "FORCE_GENERIC_PLAN", "cards": "AUTO"}
+    env = {**BASE_ENV, "LOYALTY_WALLET_DB_PLAN_CACHE_MODE": "auto"}
+    assert load_config("wallet", env).db_plan_cache_mode == "AUTO"
+
+
 def test_an_explicit_service_database_url_is_used_as_is() -> None:
     env = {**BASE_ENV, "LOYALTY_WALLET_DATABASE_URL": "postgresql://u@db:5432/ledger"}
     assert load_config("wallet", env).database_url == "postgresql://u@db:5432/ledger"
@@ -44,6 +51,11 @@ def test_an_explicit_service_database_url_is_used_as_is() -> None:
         ),
         ("LOYALTY_SHUTDOWN_GRACE_S", "-1", "LOYALTY_SHUTDOWN_GRACE_S='-1': expected a number between 0 and 600"),
         ("LOYALTY_DB_POOL_SIZE_MIN", "50", "LOYALTY_WALLET_DB_POOL_SIZE_MIN=50 exceeds DB_POOL_SIZE_MAX=16"),
+        (
+            "LOYALTY_DB_PLAN_CACHE_MODE",
+            "sometimes",
+            "LOYALTY_DB_PLAN_CACHE_MODE='sometimes': expected one of AUTO, FORCE_GENERIC_PLAN, FORCE_CUSTOM_PLAN",
+        ),
     ],
 )
 def test_a_bad_variable_is_named_in_the_error(variable: str, value: str, message: str) -> None:
