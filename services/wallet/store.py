@@ -463,27 +463,11 @@ async def load_accounts(
     ids = sorted({i for i in account_ids if _is_uuid(i)})
     if not ids:
         return {}
-    select = f"SELECT {_ACCOUNT_COLUMNS} {_ACCOUNT_FROM} WHERE a.account_id = ANY($1::uuid[])"
     if lock:
-        # Only the account rows are locked (OF a), never the master account or the kind. Member
-        # and pool rows exclusively: the batch writes their balances. SYSTEM rows are shared:
-        # their balances live in stripes, so concurrent batches may all use them, while a
-        # freeze or closure (an UPDATE of the row) still waits for the batches in flight and is
-        # seen by every later one. (An account's type never changes.)
-        # One statement, member rows first then SYSTEM rows, each in id order (the lock order).
-        rows = await connection.fetch(
-            f"WITH members AS ({select} AND a.type <> 3 ORDER BY a.account_id FOR UPDATE OF a),"
-            f" systems AS ({select} AND a.type = 3 ORDER BY a.account_id FOR SHARE OF a)"
-            " SELECT * FROM members UNION ALL SELECT * FROM systems",
-            ids,
-        )
+        accounts, _ = await _lock_accounts_with_clock(connection, ids)
     else:
-        rows = await connection.fetch(select, ids)
-    policies: dict[tuple[str, str], Policy] = {}
-    accounts = {}
-    for row in rows:
-        account = _account(row, policies)
-        accounts[account.account_id] = account
+        select = f"SELECT {_ACCOUNT_COLUMNS} {_ACCOUNT_FROM} WHERE a.account_id = ANY($1::uuid[])"
+        accounts = _accounts(await connection.fetch(select, ids))
     member_ids = [i for i, a in accounts.items() if a.has_lots]
     if with_lots and member_ids:
         for row in await connection.fetch(
@@ -492,6 +476,46 @@ async def load_accounts(
             lot = Lot(*row)
             accounts[lot.account_id].lots.append(lot)
     return accounts
+
+
+def _accounts(rows: Iterable[Any]) -> dict[str, Account]:
+    policies: dict[tuple[str, str], Policy] = {}
+    accounts = {}
+    for row in rows:
+        account = _account(row, policies)
+        accounts[account.account_id] = account
+    return accounts
+
+
+# Only the account rows are locked (OF a), never the master account or the kind. Member and pool
+# rows exclusively: the batch writes their balances. SYSTEM rows are shared: their balances live
+# in stripes, so concurrent batches may all use them, while a freeze or closure (an UPDATE of the
+# row) still waits for the batches in flight and is seen by every later one. (An account's type
+# never changes.) One statement, member rows first then SYSTEM rows, each in id order (the lock
+# order); the database's clock is read once they are locked (a row with NULL columns when
+# none of the ids is an account).
+_LOCK_ACCOUNTS = f"""
+WITH members AS (
+    SELECT {_ACCOUNT_COLUMNS} {_ACCOUNT_FROM}
+    WHERE a.account_id = ANY($1::uuid[]) AND a.type <> 3 ORDER BY a.account_id FOR UPDATE OF a
+),
+systems AS (
+    SELECT {_ACCOUNT_COLUMNS} {_ACCOUNT_FROM}
+    WHERE a.account_id = ANY($1::uuid[]) AND a.type = 3 ORDER BY a.account_id FOR SHARE OF a
+),
+locked AS (SELECT * FROM members UNION ALL SELECT * FROM systems)
+SELECT clock_timestamp() AS database_now, locked.* FROM (VALUES (0)) AS one LEFT JOIN locked ON true
+"""
+
+
+async def _lock_accounts_with_clock(
+    connection: Connection, account_ids: Iterable[str]
+) -> tuple[dict[str, Account], datetime]:
+    """The accounts (without lots), locked, and the database's clock read once they are."""
+    ids = sorted({i for i in account_ids if _is_uuid(i)})
+    rows = await connection.fetch(_LOCK_ACCOUNTS, ids)
+    now: datetime = max(row["database_now"] for row in rows)
+    return _accounts(row for row in rows if row["account_id"] is not None), now
 
 
 _STATES = {int(s): s for s in AccountState}
@@ -690,32 +714,26 @@ async def load_records(connection: Connection, transfer_ids: Iterable[str], *, l
     return {row["transfer_id"]: _record(row) for row in rows}
 
 
-async def _lock_records_with_clock(
-    connection: Connection, transfer_ids: set[str]
-) -> tuple[dict[str, TransferRecord], datetime]:
-    """The records of `transfer_ids`, locked in id order, and the database's clock read once they
-    are locked (one round trip for both)."""
-    rows = await connection.fetch(
-        """
-        WITH locked AS (
-            SELECT * FROM transfers WHERE transfer_id = ANY($1::text[]) ORDER BY transfer_id FOR UPDATE
-        )
-        SELECT clock_timestamp() AS database_now, locked.* FROM (VALUES (0)) AS one LEFT JOIN locked ON true
-        """,
-        sorted(transfer_ids),
-    )
-    now: datetime = max(row["database_now"] for row in rows)
-    return {row["transfer_id"]: _record(row) for row in rows if row["transfer_id"] is not None}, now
-
-
-async def load_batch(connection: Connection, requests: Sequence[TransferRequest], now: datetime | None) -> Batch:
+async def load_batch(
+    connection: Connection, requests: Sequence[TransferRequest], now: datetime | None, *, assume_new: bool = False
+) -> Batch:
     """Everything `requests` may touch, locked in the global lock order. `now`: the ledger's
-    clock; None takes the database's, read once the batch's records are locked."""
+    clock; None takes the database's, read once the batch's rows are locked (so a transaction
+    that waited for another one's account gets a later time).
+
+    `assume_new`: when the batch only creates transfers (it names no hold and no original),
+    take its ids for new and skip reading their records (a round trip; the records' lock
+    protects nothing for an id that does not exist yet: the insert is what orders two
+    transactions creating one id). A replayed id then either fails its insert (a unique
+    violation) or, decided anew, gets an outcome that records nothing (a failed linked chain,
+    refused lot terms). In both cases the caller must decide again on a batch loaded without
+    the assumption, as TransferWriter does."""
     named = {r.transfer_id for r in requests}
-    named |= {r.pending_transfer_id for r in requests if r.pending_transfer_id}
-    named |= {r.reverses_transfer_id for r in requests if r.reverses_transfer_id}
-    records, database_now = await _lock_records_with_clock(connection, named)
-    now = now or database_now
+    referenced = {r.pending_transfer_id for r in requests if r.pending_transfer_id}
+    referenced |= {r.reverses_transfer_id for r in requests if r.reverses_transfer_id}
+    records: dict[str, TransferRecord] = {}
+    if not (assume_new and not referenced):
+        records = await load_records(connection, named | referenced, lock=True)
     # A reversal of a posted hold is checked against the hold it posted: load that one too.
     holds_of_reversed_posts = {
         record.request.pending_transfer_id
@@ -727,7 +745,8 @@ async def load_batch(connection: Connection, requests: Sequence[TransferRequest]
     account_ids = {r.debit_account_id for r in requests} | {r.credit_account_id for r in requests}
     for record in records.values():
         account_ids |= {record.request.debit_account_id, record.request.credit_account_id}
-    accounts = await load_accounts(connection, account_ids - {""}, lock=True, with_lots=False)
+    accounts, database_now = await _lock_accounts_with_clock(connection, account_ids - {""})
+    now = now or database_now
     await _load_reachable_lots(connection, accounts, _plain_lots_needed(requests, records), now)
     await load_pools(connection, accounts, now)
     return Batch(now=now, accounts=accounts, records=records)

@@ -37,6 +37,7 @@ import asyncpg
 
 from services.wallet import store
 from services.wallet.domain.accounts import STRIPES
+from services.wallet.domain.ledger import Batch
 from services.wallet.domain.model import Outcome, TransferRequest
 from shared.db import Connection
 
@@ -62,6 +63,15 @@ class _Call:
 
 
 Clock = Callable[[Connection], Awaitable[datetime]]
+
+
+class _RecordsNeededError(Exception):
+    """Decide the transaction's transfers again, with their ids' records read."""
+
+
+def _all_recorded(batch: Batch, requests: Sequence[TransferRequest]) -> bool:
+    created = {record.transfer_id for record in batch.created}
+    return all(request.transfer_id in created for request in requests)
 
 
 class TransferWriter:
@@ -194,20 +204,32 @@ class TransferWriter:
 
     async def _transaction(self, calls: list[_Call]) -> list[list[Outcome]]:
         requests = [request for call in calls for request in call.requests]
+        # The first attempt takes a batch of creates for new ids (store.load_batch). An id that
+        # exists fails its insert; a transfer that records nothing (refused terms, a failed
+        # linked chain) might be a replay whose original the batch did not see. Either way the
+        # next attempt, at once, reads the records.
+        assume_new = True
         for attempt in range(1, ATTEMPTS_MAX + 1):
             stripe = random.choice([s for s in range(STRIPES) if s not in self.stripes_in_use] or [0])
             self.stripes_in_use.add(stripe)
             try:
                 async with self.pool.acquire() as connection, connection.transaction():
                     now = await self.clock(connection) if self.clock is not None else None
-                    batch = await store.load_batch(connection, requests, now)
+                    batch = await store.load_batch(connection, requests, now, assume_new=assume_new)
                     self.shared_accounts.update(i for i, account in batch.accounts.items() if not account.has_lots)
                     results = [batch.apply(list(call.requests), internal=call.internal) for call in calls]
+                    if assume_new and not _all_recorded(batch, requests):
+                        raise _RecordsNeededError
                     await store.persist(connection, batch, stripe=stripe)
                 return results
+            except _RecordsNeededError:
+                assume_new = False
             except RETRYABLE as error:
                 if attempt == ATTEMPTS_MAX:
                     raise
+                if assume_new and isinstance(error, asyncpg.UniqueViolationError):
+                    assume_new = False  # a replayed id, most likely: no conflict to back off from
+                    continue
                 log.info("transfer transaction conflict (%s), attempt %d", type(error).__name__, attempt)
                 await asyncio.sleep(random.uniform(0, 0.005 * attempt))
             finally:
