@@ -83,6 +83,9 @@ class SubAccount:
     spendable: bool
 
 
+CALLS_IN_FLIGHT_MAX = 4
+
+
 @dataclass(frozen=True)
 class Deadlines:
     cards_s: float
@@ -96,11 +99,14 @@ class Downstream:
         self._wallet_channel = create_channel(wallet_target, default_timeout_s=deadlines.wallet_s, traced=traced)
         self.cards = cards_pb2_grpc.CardsServiceStub(self._cards_channel)
         self.wallet = wallet_pb2_grpc.WalletServiceStub(self._wallet_channel)
+        # Up to CALLS_IN_FLIGHT_MAX calls of each kind at once, the rest batched behind them. With
+        # one at a time, a purchase arriving during the call waited for it, the wallet step
+        # doubled at 100 purchases/s and purchases piled up (p50 30-50 ms against 11-12 ms).
         self._resolver: Coalescer[cards_pb2.ResolveRequest, cards_pb2.BatchResolveResult] = Coalescer(
-            self._batch_resolve, batch_size_max=100, calls_in_flight_max=1
+            self._batch_resolve, batch_size_max=100, calls_in_flight_max=CALLS_IN_FLIGHT_MAX
         )
         self._transfers: Coalescer[Sequence[wallet_pb2.Transfer], list[wallet_pb2.TransferResult]] = Coalescer(
-            self._create_transfers, batch_size_max=1000, calls_in_flight_max=1, size_of=len
+            self._create_transfers, batch_size_max=1000, calls_in_flight_max=CALLS_IN_FLIGHT_MAX, size_of=len
         )
         self._sub_accounts: OrderedDict[str, tuple[SubAccount, ...]] = OrderedDict()
         self._system_accounts: dict[tuple[str, int, str, int], str] = {}

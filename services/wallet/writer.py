@@ -5,13 +5,13 @@ can be shared: calls that arrive while a transaction is running wait in a queue,
 transaction takes them (up to a bound). Each call's transfers stay a group of their own (their
 linked chains never run into another call's), and each call gets its own outcomes.
 
-Up to `writers` transactions run at once, but a second one starts beside a running one only
-when enough transfers wait (`parallel_transfers_min`): small calls then share the next
-transaction, which costs one commit and one set of round trips however many it carries (for
-single-transfer calls that is a fifth less CPU per transfer, wallet and PostgreSQL together),
-while big batches overlap one transaction's database work with the other one's Python: with a
-writer free beside it, a transaction takes only an even share of what waits, so that the rest
-starts at once beside it.
+Up to `writers` transactions run at once; a second one starts beside a running one when at
+least `parallel_transfers_min` transfers wait (the service's default is 1: a call does not wait
+for a transaction it is not part of). A higher bound makes small calls share the next
+transaction, one commit and one set of round trips however many it carries (less CPU per
+transfer when many calls are in flight), at the price of their latency. Big batches overlap one
+transaction's database work with the other one's Python: with a writer free beside it, a
+transaction takes only an even share of what waits, so that the rest starts at once beside it.
 
 Overlapping transactions must not wait for each other's locks: calls that name a member
 account a running transaction holds stay queued for a later one (their order does not matter:
