@@ -42,6 +42,7 @@ lint: proto
 bench: proto
 	$(BIN)/python -m loadtests.bench_calibration --runs 3 --seconds 5 --in-flight 64
 	$(BIN)/python -m loadtests.bench_wallet --runs 3 --seconds 5
+	$(BIN)/python -m loadtests.bench_ledger_floor --runs 3 --seconds 5
 	$(BIN)/python -m loadtests.bench_cards --runs 3 --seconds 5
 	$(BIN)/python -m loadtests.bench_processing --runs 3 --seconds 5 --members 10000 --py-spy .data/bench-processing
 
