@@ -227,9 +227,10 @@ class TransferWriter:
             except RETRYABLE as error:
                 if attempt == ATTEMPTS_MAX:
                     raise
-                if assume_new and isinstance(error, asyncpg.UniqueViolationError):
-                    assume_new = False  # a replayed id, most likely: no conflict to back off from
-                    continue
+                replayed = assume_new and isinstance(error, asyncpg.UniqueViolationError)
+                assume_new = False  # so that only a first attempt can ask for the records
+                if replayed:
+                    continue  # a replayed id, most likely: no conflict to back off from
                 log.info("transfer transaction conflict (%s), attempt %d", type(error).__name__, attempt)
                 await asyncio.sleep(random.uniform(0, 0.005 * attempt))
             finally:
