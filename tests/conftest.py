@@ -1,6 +1,13 @@
 from __future__ import annotations
 
 import os
+
+# gRPC's fork handlers run in every child this process forks while its test clients have gRPC
+# threads; a child forked to exec pg_ctl once failed in them ("epoll_wait error: Bad file
+# descriptor") and the stop it was to run failed with it. Our children always exec at once, so
+# they need no fork support. Set before anything imports grpc.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 from collections.abc import Iterator
 from pathlib import Path
 
