@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
 from loyalty.wallet.v1 import wallet_pb2
 
 from services.wallet import mapping, store, usecases, worker
@@ -23,38 +21,15 @@ from services.wallet.domain.model import (
     ExpiryMode,
     Policy,
     Reason,
-    SystemRole,
     TransferRequest,
     Unit,
 )
-from services.wallet.writer import TransferWriter
-from shared.config import with_database
-from shared.db import Connection, migrate
-from tests.harness import Infra
+from shared.db import Connection
+from tests.integration.wallet.ledger import open_ledger
 
 DAY = timedelta(days=1)
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 POINTS = Unit(1, "", 2)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    async def __call__(self, _connection: object) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
-    # A database of its own: the wallet processes other tests run have background workers on
-    # the real clock, to which this test's moved-in-time holds and lots look long expired.
-    database_url = with_database(infra.database_server_url, f"loyalty_test_wallet_clock_{uuid.uuid4().hex[:8]}")
-    migrate(service="wallet", database_url=database_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    assert pool is not None
-    yield pool
-    await pool.close()
 
 
 def request(transfer_id: str, debit: str, credit: str, amount: int, reason: Reason, **flags: bool) -> TransferRequest:
@@ -86,19 +61,9 @@ async def test_points_activate_expire_and_held_points_wait_for_their_hold(pool: 
         ),
         open_by_default=True,
     )
-    await usecases.create_kind(pool, kind)
-    opened = await usecases.open_member_accounts(pool, program_id=program, member_id="m", kinds=[])
-    (member,) = opened.opened_account_ids
-    async with pool.acquire() as connection:
-        issuance, _ = await store.ensure_system_account(
-            connection, program_id=program, role=SystemRole.ISSUANCE, unit=POINTS
-        )
-        redemption, _ = await store.ensure_system_account(
-            connection, program_id=program, role=SystemRole.REDEMPTION, unit=POINTS
-        )
-    clock = Clock(T0)
-    writer = TransferWriter(pool, writers=1, transfers_per_transaction_max=100, clock=clock)
-    writer.start()
+    ledger = await open_ledger(pool, kind, T0)
+    writer, clock, (member,) = ledger.writer, ledger.clock, ledger.members
+    issuance, redemption = ledger.issuance, ledger.redemption
 
     async def balance_at(now: datetime) -> tuple[int, int]:
         (view,), _ = await usecases.read_accounts(pool, [member], now=now)

@@ -5,7 +5,6 @@ a ledger that reads every lot."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -14,34 +13,19 @@ from loyalty.wallet.v1 import wallet_pb2
 
 from services.wallet import mapping, store, usecases
 from services.wallet.domain.accounts import AccountKind
-from services.wallet.domain.model import Code, ExpiryMode, Policy, Reason, SystemRole, TransferRequest, Unit
-from services.wallet.writer import TransferWriter
-from shared.config import with_database
-from shared.db import migrate
-from tests.harness import Infra
+from services.wallet.domain.model import Code, ExpiryMode, Policy, Reason, TransferRequest, Unit
+from tests.integration.wallet.ledger import open_ledger
 
 DAY = timedelta(days=1)
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 POINTS = Unit(1, "", 0)
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    async def __call__(self, _connection: object) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
-    # A database of its own: other tests' wallet processes expire lots on the real clock.
-    database_url = with_database(infra.database_server_url, f"loyalty_test_wallet_lots_{uuid.uuid4().hex[:8]}")
-    migrate(service="wallet", database_url=database_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    assert pool is not None
-    yield pool
-    await pool.close()
+def points_kind() -> AccountKind:
+    """A kind whose points never expire, in a program of its own."""
+    return AccountKind(
+        f"lots-{uuid.uuid4().hex[:10]}", "base", "Points", POINTS, Policy(expiry_mode=ExpiryMode.NEVER), True
+    )
 
 
 def transfer(
@@ -64,25 +48,9 @@ def seconds(value: datetime) -> dict[str, int]:
 
 
 async def test_a_batch_consumes_the_lots_a_full_read_would(pool: asyncpg.Pool) -> None:
-    program = f"lots-{uuid.uuid4().hex[:10]}"
-    kind = AccountKind(program, "base", "Points", POINTS, Policy(expiry_mode=ExpiryMode.NEVER), True)
-    await usecases.create_kind(pool, kind)
-    member = (
-        await usecases.open_member_accounts(pool, program_id=program, member_id="m", kinds=[])
-    ).opened_account_ids[0]
-    other = (await usecases.open_member_accounts(pool, program_id=program, member_id="o", kinds=[])).opened_account_ids[
-        0
-    ]
-    async with pool.acquire() as connection:
-        issuance, _ = await store.ensure_system_account(
-            connection, program_id=program, role=SystemRole.ISSUANCE, unit=POINTS
-        )
-        redemption, _ = await store.ensure_system_account(
-            connection, program_id=program, role=SystemRole.REDEMPTION, unit=POINTS
-        )
-    clock = Clock(T0)
-    writer = TransferWriter(pool, writers=1, transfers_per_transaction_max=100, clock=clock)
-    writer.start()
+    ledger = await open_ledger(pool, points_kind(), T0, members=("m", "o"))
+    writer, clock, (member, other) = ledger.writer, ledger.clock, ledger.members
+    issuance, redemption = ledger.issuance, ledger.redemption
     try:
         # Three plain lots a day apart, a lot that expires, and one not active yet.
         for day, transfer_id in enumerate(("a1", "a2", "a3")):
@@ -132,22 +100,9 @@ async def test_a_batch_consumes_the_lots_a_full_read_would(pool: asyncpg.Pool) -
 
 
 async def test_a_debit_beyond_the_plain_lots_in_reach_reads_them_all(pool: asyncpg.Pool) -> None:
-    program = f"lots-{uuid.uuid4().hex[:10]}"
-    kind = AccountKind(program, "base", "Points", POINTS, Policy(expiry_mode=ExpiryMode.NEVER), True)
-    await usecases.create_kind(pool, kind)
-    member = (
-        await usecases.open_member_accounts(pool, program_id=program, member_id="m", kinds=[])
-    ).opened_account_ids[0]
-    async with pool.acquire() as connection:
-        issuance, _ = await store.ensure_system_account(
-            connection, program_id=program, role=SystemRole.ISSUANCE, unit=POINTS
-        )
-        redemption, _ = await store.ensure_system_account(
-            connection, program_id=program, role=SystemRole.REDEMPTION, unit=POINTS
-        )
-    clock = Clock(T0)
-    writer = TransferWriter(pool, writers=1, transfers_per_transaction_max=100, clock=clock)
-    writer.start()
+    ledger = await open_ledger(pool, points_kind(), T0)
+    writer, clock, (member,) = ledger.writer, ledger.clock, ledger.members
+    issuance, redemption = ledger.issuance, ledger.redemption
     try:
         for day in range(4):
             clock.now = T0 + day * DAY

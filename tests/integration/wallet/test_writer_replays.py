@@ -7,45 +7,16 @@ since overtaken)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from dataclasses import dataclass
 
 import asyncpg
 
-from services.wallet import store, usecases
-from services.wallet.domain.accounts import AccountKind
-from services.wallet.domain.model import Code, ExpiryMode, Policy, Reason, SystemRole
-from services.wallet.writer import TransferWriter
-from tests.integration.wallet.test_wallet_lots import DAY, POINTS, T0, Clock, pool, seconds, transfer
-
-__all__ = ["pool"]  # the fixture, shared with test_wallet_lots
+from services.wallet.domain.model import Code, Reason
+from tests.integration.wallet.ledger import Ledger, open_ledger
+from tests.integration.wallet.test_wallet_lots import DAY, T0, points_kind, seconds, transfer
 
 
-@dataclass
-class Ledger:
-    writer: TransferWriter
-    clock: Clock
-    member: str
-    issuance: str
-    redemption: str
-
-
-async def open_ledger(pool: asyncpg.Pool) -> Ledger:
-    program = f"replays-{uuid.uuid4().hex[:10]}"
-    kind = AccountKind(program, "base", "Points", POINTS, Policy(expiry_mode=ExpiryMode.NEVER), True)
-    await usecases.create_kind(pool, kind)
-    opened = await usecases.open_member_accounts(pool, program_id=program, member_id="m", kinds=[])
-    async with pool.acquire() as connection:
-        issuance, _ = await store.ensure_system_account(
-            connection, program_id=program, role=SystemRole.ISSUANCE, unit=POINTS
-        )
-        redemption, _ = await store.ensure_system_account(
-            connection, program_id=program, role=SystemRole.REDEMPTION, unit=POINTS
-        )
-    clock = Clock(T0)
-    writer = TransferWriter(pool, writers=1, transfers_per_transaction_max=100, clock=clock)
-    writer.start()
-    return Ledger(writer, clock, opened.opened_account_ids[0], issuance, redemption)
+async def replays_ledger(pool: asyncpg.Pool) -> Ledger:
+    return await open_ledger(pool, points_kind(), T0)
 
 
 async def posted(pool: asyncpg.Pool, account_id: str) -> int:
@@ -61,14 +32,14 @@ async def transfers_named(pool: asyncpg.Pool, *transfer_ids: str) -> int:
 
 
 async def test_a_replayed_create_answers_its_original_and_changes_nothing(pool: asyncpg.Pool) -> None:
-    ledger = await open_ledger(pool)
+    ledger = await replays_ledger(pool)
     try:
-        accrual = transfer("c1", ledger.issuance, ledger.member, 100, Reason.ACCRUAL)
+        accrual = transfer("c1", ledger.issuance, ledger.members[0], 100, Reason.ACCRUAL)
         (first,) = await ledger.writer.submit([accrual])
         (again,) = await ledger.writer.submit([accrual])
         assert (first.code, again.code) == (Code.CREATED, Code.EXISTS)
         assert again.debit_balance == first.debit_balance and again.credit_balance == first.credit_balance
-        assert await posted(pool, ledger.member) == 100
+        assert await posted(pool, ledger.members[0]) == 100
     finally:
         await ledger.writer.stop()
 
@@ -76,19 +47,19 @@ async def test_a_replayed_create_answers_its_original_and_changes_nothing(pool: 
 async def test_a_replay_sharing_a_transaction_with_new_transfers(pool: asyncpg.Pool) -> None:
     """The replay fails the shared transaction's first attempt; the new transfers beside it are
     created once, by the attempt that reads the records."""
-    ledger = await open_ledger(pool)
+    ledger = await replays_ledger(pool)
     try:
-        accrual = transfer("s1", ledger.issuance, ledger.member, 100, Reason.ACCRUAL)
+        accrual = transfer("s1", ledger.issuance, ledger.members[0], 100, Reason.ACCRUAL)
         await ledger.writer.submit([accrual])
         # Queued together before the dispatcher runs: one transaction takes all three calls.
         calls = [
-            ledger.writer.enqueue([transfer("s2", ledger.issuance, ledger.member, 10, Reason.ACCRUAL)]),
+            ledger.writer.enqueue([transfer("s2", ledger.issuance, ledger.members[0], 10, Reason.ACCRUAL)]),
             ledger.writer.enqueue([accrual]),
-            ledger.writer.enqueue([transfer("s3", ledger.member, ledger.redemption, 30, Reason.REDEMPTION)]),
+            ledger.writer.enqueue([transfer("s3", ledger.members[0], ledger.redemption, 30, Reason.REDEMPTION)]),
         ]
         answers = [outcome.code for outcomes in await asyncio.gather(*calls) for outcome in outcomes]
         assert answers == [Code.CREATED, Code.EXISTS, Code.CREATED]
-        assert await posted(pool, ledger.member) == 80
+        assert await posted(pool, ledger.members[0]) == 80
         assert await transfers_named(pool, "s1", "s2", "s3") == 3
     finally:
         await ledger.writer.stop()
@@ -97,16 +68,16 @@ async def test_a_replay_sharing_a_transaction_with_new_transfers(pool: asyncpg.P
 async def test_a_replayed_linked_chain_answers_its_original_even_when_it_would_now_fail(pool: asyncpg.Pool) -> None:
     """Decided anew, the chain's first redemption would now lack funds and the chain would record
     nothing (no insert to fail): the writer must find the originals all the same."""
-    ledger = await open_ledger(pool)
+    ledger = await replays_ledger(pool)
     try:
-        await ledger.writer.submit([transfer("l0", ledger.issuance, ledger.member, 100, Reason.ACCRUAL)])
+        await ledger.writer.submit([transfer("l0", ledger.issuance, ledger.members[0], 100, Reason.ACCRUAL)])
         chain = [
-            transfer("l1", ledger.member, ledger.redemption, 80, Reason.REDEMPTION, flags={"linked": True}),
-            transfer("l2", ledger.member, ledger.redemption, 10, Reason.REDEMPTION),
+            transfer("l1", ledger.members[0], ledger.redemption, 80, Reason.REDEMPTION, flags={"linked": True}),
+            transfer("l2", ledger.members[0], ledger.redemption, 10, Reason.REDEMPTION),
         ]
         assert [o.code for o in await ledger.writer.submit(chain)] == [Code.CREATED, Code.CREATED]
         assert [o.code for o in await ledger.writer.submit(chain)] == [Code.EXISTS, Code.EXISTS]
-        assert await posted(pool, ledger.member) == 10
+        assert await posted(pool, ledger.members[0]) == 10
     finally:
         await ledger.writer.stop()
 
@@ -114,10 +85,10 @@ async def test_a_replayed_linked_chain_answers_its_original_even_when_it_would_n
 async def test_a_replay_whose_lot_terms_the_clock_has_overtaken(pool: asyncpg.Pool) -> None:
     """Decided anew after its expiry, the accrual's terms would be refused (INVALID_LOT_TERMS,
     recorded nowhere): the replay must answer the original instead."""
-    ledger = await open_ledger(pool)
+    ledger = await replays_ledger(pool)
     try:
         accrual = transfer(
-            "x1", ledger.issuance, ledger.member, 50, Reason.ACCRUAL, lot_terms={"expiry_time": seconds(T0 + DAY)}
+            "x1", ledger.issuance, ledger.members[0], 50, Reason.ACCRUAL, lot_terms={"expiry_time": seconds(T0 + DAY)}
         )
         (first,) = await ledger.writer.submit([accrual])
         assert first.code is Code.CREATED
