@@ -5,28 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.wallet.domain.model import Flags, Reference, TransferRequest
+from services.wallet.domain.ledger import internal_request
+from services.wallet.domain.model import Reason, TransferRequest
 from services.wallet.writer import TransferWriter
 
 
 def transfer(transfer_id: str, debit: str, credit: str) -> TransferRequest:
-    return TransferRequest(
-        transfer_id=transfer_id,
-        debit_account_id=debit,
-        credit_account_id=credit,
-        amount=1,
-        pending_transfer_id="",
-        timeout_s=0,
-        flags=Flags(),
-        reason=1,
-        reference=Reference(),
-        metadata=(),
-        memo="",
-        imported_time=None,
-        lot_terms=None,
-        reverses_transfer_id="",
-        on_behalf_of_member_id="",
-        body=transfer_id.encode(),
+    return internal_request(
+        transfer_id=transfer_id, debit_account_id=debit, credit_account_id=credit, amount=1, reason=Reason.ACCRUAL
     )
 
 
