@@ -715,10 +715,14 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     ) -> wallet_pb2.ListLotsResponse:
         size = _page_size(request.page_size)
         offset = int(request.page_token) if request.page_token.isdigit() else 0
-        lots, now = await usecases.lots(
-            self.pool, request.account_id, offset=offset, limit=size + 1, include_spent=bool(request.states)
-        )
         wanted = set(request.states)
+        lots, now = await usecases.lots(
+            self.pool,
+            request.account_id,
+            offset=offset,
+            limit=size + 1,
+            include_spent=not wanted.isdisjoint(mapping.SPENT_LOT_STATES),
+        )
         messages = [mapping.lot_message(lot, now) for lot in lots[:size]]
         if wanted:
             messages = [m for m in messages if m.state in wanted]

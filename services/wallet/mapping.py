@@ -316,6 +316,12 @@ def balance_view(account: Account, balance: Balance) -> wallet_pb2.AccountBalanc
     )
 
 
+# The states lot_message gives a spent lot (remaining == 0, the lots table's `spent` flag); it gives
+# every other lot PENDING or ACTIVE. ListLots reads spent lots (which no index by account covers:
+# the account's lots ever) only when asked for one of these.
+SPENT_LOT_STATES = frozenset({wallet_pb2.LOT_STATE_CONSUMED, wallet_pb2.LOT_STATE_EXPIRED})
+
+
 def lot_message(lot: Lot, now: datetime) -> wallet_pb2.Lot:
     if lot.remaining == 0:
         state = (

@@ -679,10 +679,13 @@ async def find_transfers(
             condition = condition.replace("?", f"${len(arguments)}", 1)
         conditions.append(condition)
 
+    # Each repeats its index's predicate (transfers_by_operation, transfers_by_receipt are partial):
+    # the wallet's plans are generic, and a generic plan cannot prove `col <> ''` from `col = $1`,
+    # so without it the lookup was a sequential scan of every transfer.
     if operation_id:
-        where("t.operation_id = ?", operation_id)
+        where("t.operation_id = ? AND t.operation_id <> ''", operation_id)
     if receipt_id:
-        where("t.terminal_id = ? AND t.receipt_id = ?", terminal_id, receipt_id)
+        where("t.terminal_id = ? AND t.receipt_id = ? AND t.receipt_id <> ''", terminal_id, receipt_id)
     if account_id:
         # Member and pool accounts are found through their history (indexed by account).
         where(

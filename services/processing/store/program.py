@@ -183,16 +183,17 @@ async def operations_exist(conn: Connection) -> bool:
 
 async def partner_has_operations(conn: Connection, partner_id: str) -> bool:
     """Whether any operation was made at one of the partner's terminals. A terminal only ever moves
-    between outlets of one partner, so its operations are the partner's; by terminal_id the
-    lookup uses the operations' (terminal_id, receipt_id) index."""
+    between outlets of one partner, so its operations are the partner's. Terminal by terminal, one
+    probe each of an index led by terminal_id, stopping at the first operation found: written as
+    `op.terminal_id IN (the partner's terminals)`, the planner made it a merge semi join that read
+    the whole operations_key index, every operation of every partner."""
     return bool(
         await conn.fetchval(
             """
             SELECT EXISTS (
-                SELECT 1 FROM operations op
-                WHERE op.terminal_id IN (
-                    SELECT t.terminal_id FROM terminals t JOIN outlets o ON o.outlet_id = t.outlet_id
-                    WHERE o.partner_id = $1))
+                SELECT 1 FROM terminals t JOIN outlets o ON o.outlet_id = t.outlet_id
+                CROSS JOIN LATERAL (SELECT 1 FROM operations op WHERE op.terminal_id = t.terminal_id LIMIT 1) u
+                WHERE o.partner_id = $1)
             """,
             partner_id,
         )

@@ -6,13 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
+from typing import cast
 
 import asyncpg
 
 from services.wallet import store, usecases
+from services.wallet.api import WalletServicer
 from services.wallet.domain.accounts import AccountKind
 from services.wallet.domain.model import SystemRole
 from services.wallet.writer import TransferWriter
+from shared.server import Runtime
 
 
 class Clock:
@@ -50,3 +54,9 @@ async def open_ledger(pool: asyncpg.Pool, kind: AccountKind, now: datetime, memb
     writer = TransferWriter(pool, writers=1, transfers_per_transaction_max=100, clock=clock)
     writer.start()
     return Ledger(writer, clock, accounts, issuance, redemption)
+
+
+def servicer(pool: asyncpg.Pool) -> WalletServicer:
+    """The wallet's gRPC handlers on `pool`, for the reads (which need no writer, nor the rest of a
+    service's runtime)."""
+    return WalletServicer(cast(Runtime, SimpleNamespace(pool=pool)), cast(TransferWriter, None))

@@ -1,6 +1,6 @@
 """A batch reads only the lots it can reach (store._REACHABLE_LOTS), on real PostgreSQL: what it
 consumes, in which order, the balances it answers, and the invariants it checks must be those of
-a ledger that reads every lot."""
+a ledger that reads every lot. ListLots reads spent lots only for the states a spent lot has."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 from loyalty.wallet.v1 import wallet_pb2
 
-from services.wallet import mapping, store, usecases
+from services.wallet import mapping, store, usecases, worker
 from services.wallet.domain.accounts import AccountKind
 from services.wallet.domain.model import Code, ExpiryMode, Policy, Reason, TransferRequest, Unit
-from tests.integration.wallet.ledger import open_ledger
+from tests.integration.wallet.ledger import open_ledger, servicer
 
 DAY = timedelta(days=1)
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -125,6 +125,57 @@ async def test_a_debit_beyond_the_plain_lots_in_reach_reads_them_all(pool: async
     assert everything.debit_balance is not None and everything.debit_balance.available == 0
     records = await usecases.lookup(pool, ["r2"])
     assert [amount for _, amount in records["r2"].allocations] == [10, 10, 10, 10]
+
+
+async def test_list_lots_reads_spent_lots_only_for_the_states_spent_lots_have(pool: asyncpg.Pool) -> None:
+    # ListLots tells a lot's state by the database's clock: the lots are made around it.
+    now = datetime.now(UTC)
+    ledger = await open_ledger(pool, points_kind(), now - 10 * DAY)
+    writer, clock, (member,) = ledger.writer, ledger.clock, ledger.members
+    issuance, redemption = ledger.issuance, ledger.redemption
+    try:
+        # c1 is spent by r1 (the oldest plain lot goes first), a1 stays active, e1 expires, p1
+        # activates in a month.
+        (c1,) = await writer.submit([transfer("c1", issuance, member, 30, Reason.ACCRUAL)])
+        clock.now = now - 9 * DAY
+        (a1,) = await writer.submit([transfer("a1", issuance, member, 100, Reason.ACCRUAL)])
+        clock.now = now - 8 * DAY
+        (r1,) = await writer.submit([transfer("r1", member, redemption, 30, Reason.REDEMPTION)])
+        clock.now = now - 7 * DAY
+        expiring = {"expiry_time": seconds(now - 6 * DAY)}
+        later = {"activation_time": seconds(now + 30 * DAY)}
+        e1, p1 = await writer.submit(
+            [
+                transfer("e1", issuance, member, 20, Reason.ACCRUAL, lot_terms=expiring),
+                transfer("p1", issuance, member, 40, Reason.ACCRUAL, lot_terms=later),
+            ]
+        )
+    finally:
+        await writer.stop()
+    assert [o.code for o in (c1, a1, r1, e1, p1)] == [Code.CREATED] * 5
+    assert await worker.expire_lots(pool, now - 5 * DAY) == 1
+
+    handlers = servicer(pool)
+
+    async def listed(*states: wallet_pb2.LotState.ValueType) -> dict[str, wallet_pb2.LotState.ValueType]:
+        response = await handlers.ListLots(wallet_pb2.ListLotsRequest(account_id=member, states=states), None)
+        return {lot.transfer_id: lot.state for lot in response.lots}
+
+    pending, active = wallet_pb2.LOT_STATE_PENDING, wallet_pb2.LOT_STATE_ACTIVE
+    consumed, expired = wallet_pb2.LOT_STATE_CONSUMED, wallet_pb2.LOT_STATE_EXPIRED
+    assert await listed() == {"a1": active, "p1": pending}
+    assert await listed(pending) == {"p1": pending}  # as processing asks on every refund
+    assert await listed(active) == {"a1": active}
+    assert await listed(consumed) == {"c1": consumed}
+    assert await listed(expired) == {"e1": expired}
+    assert await listed(pending, consumed) == {"p1": pending, "c1": consumed}
+    every = await listed(pending, active, consumed, expired)
+    assert every == {"a1": active, "p1": pending, "c1": consumed, "e1": expired}
+    # The rule ListLots reads by: a lot is spent (nothing remains) exactly in SPENT_LOT_STATES.
+    lots, now = await usecases.lots(pool, member, offset=0, limit=10, include_spent=True)
+    assert len(lots) == 4
+    for lot in lots:
+        assert (mapping.lot_message(lot, now).state in mapping.SPENT_LOT_STATES) is (lot.remaining == 0)
 
 
 async def test_text_array_literals_survive_any_character(pool: asyncpg.Pool) -> None:
