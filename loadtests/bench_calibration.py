@@ -27,6 +27,7 @@ import uvloop
 from grpc import aio
 from loyalty.diagnostics.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 
+from loadtests.bench_stack import PRODUCTION_CHECKS
 from loadtests.driver import RunResult, closed_loop
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, port_is_open
 from shared.servicers import DiagnosticsServicer
@@ -137,7 +138,7 @@ def main() -> int:
         try:
             infra = Infra(database_server_url=postgres.url, redis_url=redis.url)
             infra.migrate("wallet")
-            service = ServiceProcess("wallet", infra.service_env("wallet")).start()
+            service = ServiceProcess("wallet", infra.service_env("wallet", **PRODUCTION_CHECKS)).start()
             try:
                 runtime_results = measure("runtime", service.grpc_address, args)
             finally:

@@ -51,6 +51,7 @@ from loyalty.diagnostics.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from loadtests.bench_calibration import PAYLOAD
+from loadtests.bench_stack import PRODUCTION_CHECKS, analyze
 from loadtests.driver import RunResult, closed_loop
 from services.cards.domain.model import CheckDigitScheme
 from services.cards.domain.numbers import has_valid_check_digit
@@ -461,10 +462,9 @@ def main() -> int:
             infra = Infra(database_server_url=postgres.url, redis_url=redis.url)
             infra.migrate("wallet")
             infra.migrate("cards")
-            wallet = ServiceProcess("wallet", infra.service_env("wallet")).start()
-            cards = ServiceProcess(
-                "cards", infra.service_env("cards", LOYALTY_WALLET_GRPC_TARGET=wallet.grpc_address)
-            ).start()
+            wallet = ServiceProcess("wallet", infra.service_env("wallet", **PRODUCTION_CHECKS)).start()
+            cards_env = infra.service_env("cards", LOYALTY_WALLET_GRPC_TARGET=wallet.grpc_address, **PRODUCTION_CHECKS)
+            cards = ServiceProcess("cards", cards_env).start()
             try:
                 return run(args, infra, postgres, wallet, cards, Path(data))
             finally:
@@ -492,6 +492,7 @@ def run(
         flush=True,
     )
     template_id, numbers = uvloop.run(setup(wallet.grpc_address, cards.grpc_address, args.members))
+    analyze([infra.database_url("wallet"), infra.database_url("cards")])
     generated = []
     for index in range(args.runs):
         outcome = uvloop.run(generate(cards.grpc_address, template_id, args.batch_size, infra.database_url("cards")))

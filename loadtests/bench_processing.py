@@ -72,7 +72,7 @@ from loadtests import pyspy
 from loadtests.bench_calibration import PAYLOAD
 from loadtests.bench_counters import Counters
 from loadtests.bench_counters import spent as counters_spent
-from loadtests.bench_stack import CpuMeter, Stack, cpu_spent, running_stack
+from loadtests.bench_stack import CpuMeter, Stack, analyze, cpu_spent, running_stack
 from loadtests.driver import OpenLoopResult, closed_loop, open_loop
 from loadtests.purchase_model import Sale, Terms, check, sale
 from services.cli.seed import SeedPlan, seed
@@ -484,6 +484,7 @@ def client_main(args: argparse.Namespace) -> int:
 def seed_world(stack: Stack, args: argparse.Namespace) -> World:
     started = time.monotonic()
     world = uvloop.run(seeded_world(stack, args))
+    analyze(stack.infra.database_url(service) for service in stack.services)
     print(
         f"seeded {len(world.members)} members, {len(world.terminal_ids)} terminals in "
         f"{time.monotonic() - started:.0f} s",

@@ -58,6 +58,7 @@ from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from loadtests import pyspy
 from loadtests.bench_calibration import PAYLOAD
+from loadtests.bench_stack import PRODUCTION_CHECKS, analyze
 from loadtests.driver import RunResult, closed_loop
 from services.wallet import store
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -555,14 +556,7 @@ def main() -> int:
         try:
             infra = Infra(database_server_url=postgres.url, redis_url=redis.url)
             infra.migrate("wallet")
-            # The service's own defaults for its health checks (the test harness polls five times
-            # as often, which a benchmark would count against the wallet).
-            env = infra.service_env(
-                "wallet",
-                LOYALTY_WALLET_WRITERS=str(args.writers),
-                LOYALTY_HEALTH_CHECK_INTERVAL_S="1.0",
-                LOYALTY_DEPENDENCY_TIMEOUT_S="1.0",
-            )
+            env = infra.service_env("wallet", LOYALTY_WALLET_WRITERS=str(args.writers), **PRODUCTION_CHECKS)
             service = ServiceProcess("wallet", env).start()
             try:
                 assert service.process is not None
@@ -572,6 +566,7 @@ def main() -> int:
                     flush=True,
                 )
                 accounts = uvloop.run(setup(service.grpc_address, args.members))
+                analyze([infra.database_url("wallet")])
                 accounts_file = Path(data) / "accounts.json"
                 accounts_file.write_text(json.dumps(asdict(accounts)))
                 postmaster_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
