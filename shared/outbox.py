@@ -7,6 +7,10 @@ process; several processes may run it) publishes unpublished rows in id order to
 publish the same row at the same time; a crash between XADD and the mark publishes the row again
 on the next round, which consumers absorb by dropping duplicate `event_id`s.
 
+Published rows are kept `PUBLISHED_RETENTION` (to reconcile a consumer against what was
+published, or to publish again by hand), then the relay deletes them, a bounded batch at a time
+(unpublished rows are never deleted).
+
 Stream entry fields: `event_id` (uuid), `event_type` (e.g. "points.accrued"), `partition_key`
 (the member the event is about), `source` (the producing service), `payload` (a UTF-8 JSON object
 with the event's data, the variables loyalty.notifications.v1.EventType lists for its type).
@@ -17,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -34,6 +40,9 @@ STREAM = "loyalty:events"
 # lose events: size it to hours of traffic).
 STREAM_LENGTH_MAX = 1_000_000
 RELAY_BATCH_SIZE = 500
+PUBLISHED_RETENTION = timedelta(days=3)
+PURGE_BATCH_SIZE = 10_000
+PURGE_INTERVAL_S = 60.0
 
 
 def event_row(
@@ -91,11 +100,31 @@ async def relay_once(pool: asyncpg.Pool, redis: Redis, *, source: str, batch_siz
         return len(rows)
 
 
+async def purge_published(
+    pool: asyncpg.Pool, *, older_than: timedelta = PUBLISHED_RETENTION, limit: int = PURGE_BATCH_SIZE
+) -> int:
+    """Delete up to `limit` rows published more than `older_than` ago, oldest first (through the
+    outbox_published index: the rows kept are never read); returns how many."""
+    async with pool.acquire() as connection:
+        status = await connection.execute(
+            """DELETE FROM outbox WHERE id IN (
+                   SELECT id FROM outbox WHERE published_at < now() - $1::interval ORDER BY published_at LIMIT $2)""",
+            older_than,
+            limit,
+        )
+    return int(status.split()[-1])
+
+
 async def run_relay(pool: asyncpg.Pool, redis: Redis, *, source: str, interval_s: float) -> None:
-    """Publish events until cancelled: at once while there is a backlog, then every interval."""
+    """Publish events until cancelled: at once while there is a backlog, then every interval.
+    Every PURGE_INTERVAL_S, also delete a batch of rows published long enough ago."""
+    purged_at = time.monotonic()
     while True:
         try:
             published = await relay_once(pool, redis, source=source)
+            if time.monotonic() - purged_at >= PURGE_INTERVAL_S:
+                purged_at = time.monotonic()
+                await purge_published(pool)
         except asyncio.CancelledError:
             raise
         except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:

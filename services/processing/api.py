@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
@@ -24,8 +25,9 @@ from services.processing.admin import ProgramAdminServicer
 from services.processing.context import ProgramContext
 from services.processing.downstream import Deadlines, Downstream
 from services.processing.flow import CRASH_POINTS, IDEMPOTENCY_KEY, Flow, FlowSettings
+from services.processing.program_mapping import OFFLINE_MAX_AGE_MAX
 from services.processing.store import operations as store
-from shared import outbox
+from shared import idempotency, outbox
 from shared.config import float_between, grpc_target, read_setting
 from shared.errors import DomainError, FieldViolation, invalid_argument
 from shared.replay_cache import ReplayCache
@@ -40,6 +42,13 @@ SHORT_TEXT_MAX = 64
 OFFLINE_BATCH_MAX = 500
 # Completed responses stay in the Redis fast path for the contract's 24 hours (PostgreSQL keeps them longer).
 REPLAY_TTL_S = 24 * 3600
+# Housekeeping (a bounded batch of each, this often): the admin RPCs' idempotency keys past their
+# retention, and offline cancels whose purchase never came. Such a cancel is remembered while its
+# purchase could still be accepted: no program takes offline operations older than
+# OFFLINE_MAX_AGE_MAX, and a day more covers a register whose clock runs ahead.
+HOUSEKEEPING_INTERVAL_S = 60.0
+EARLY_CANCEL_RETENTION = OFFLINE_MAX_AGE_MAX + timedelta(days=1)
+EARLY_CANCELS_PURGED_MAX = 10_000
 
 
 def _check(violations: Sequence[FieldViolation]) -> None:
@@ -174,15 +183,27 @@ class ProcessingServicer(processing_pb2_grpc.ProcessingServiceServicer):
             await self._replay_redis.close()
 
     async def _work(self, interval_s: float) -> None:
-        """Recover operations nobody drives, and expire authorizations past their time."""
+        """Recover operations nobody drives, expire authorizations past their time, and now and
+        then keep the tables that only grow in check (HOUSEKEEPING_INTERVAL_S)."""
+        housekept_at = time.monotonic()
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self._work_once()
+                if time.monotonic() - housekept_at >= HOUSEKEEPING_INTERVAL_S:
+                    housekept_at = time.monotonic()
+                    await self._housekeeping()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the next round tries again
                 log.warning("processing background work failed: %s", error)
+
+    async def _housekeeping(self) -> None:
+        await idempotency.purge_expired(self.runtime.pool)
+        async with self.runtime.pool.acquire() as connection:
+            await store.purge_early_cancels(
+                connection, older_than=EARLY_CANCEL_RETENTION, limit=EARLY_CANCELS_PURGED_MAX
+            )
 
     async def _work_once(self) -> None:
         async with self.runtime.pool.acquire() as connection:

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -615,6 +615,19 @@ async def insert_offline_sale(connection: Connection, new: NewOperation) -> tupl
         if cancelled_by is not None:
             return False, str(cancelled_by)
         return await insert(connection, new), None
+
+
+async def purge_early_cancels(connection: Connection, *, older_than: timedelta, limit: int) -> int:
+    """Forget up to `limit` offline cancels remembered more than `older_than` ago, oldest first;
+    returns how many."""
+    status = await connection.execute(
+        """DELETE FROM early_cancels WHERE (terminal_id, receipt_id) IN (
+               SELECT terminal_id, receipt_id FROM early_cancels WHERE create_time < now() - $1::interval
+               ORDER BY create_time LIMIT $2)""",
+        older_than,
+        limit,
+    )
+    return int(status.split()[-1])
 
 
 async def purchase_to_cancel(
