@@ -514,6 +514,12 @@ def parse_args() -> argparse.Namespace:
         "--writers", type=int, default=2, help="the wallet's LOYALTY_WALLET_WRITERS (default: the service's, 2)"
     )
     parser.add_argument(
+        "--parallel-transfers-min",
+        type=int,
+        default=1,
+        help="the wallet's LOYALTY_WALLET_PARALLEL_TRANSFERS_MIN (default: the service's, 1; 100 favours single)",
+    )
+    parser.add_argument(
         "--scenarios",
         default="single,batch,hot",
         help="which of single, batch, hot to run (comma-separated; echo always runs: the calibration)",
@@ -534,11 +540,13 @@ def parse_args() -> argparse.Namespace:
         and 1 <= args.in_flight <= 1000
         and 1 <= args.batch_in_flight <= 100
         and 2 <= args.batch_size <= 1000
+        and 1 <= args.parallel_transfers_min <= 10_000
         and set(args.scenarios.split(",")) <= {"single", "batch", "hot"}
     ):
         parser.error(
             "bounds: runs 1..10, seconds 0.5..60, members 10..1000000, in-flight 1..1000, "
-            "batch-in-flight 1..100, batch-size 2..1000, scenarios among single,batch,hot"
+            "batch-in-flight 1..100, batch-size 2..1000, parallel-transfers-min 1..10000, "
+            "scenarios among single,batch,hot"
         )
     return args
 
@@ -556,13 +564,20 @@ def main() -> int:
         try:
             infra = Infra(database_server_url=postgres.url, redis_url=redis.url)
             infra.migrate("wallet")
-            env = infra.service_env("wallet", LOYALTY_WALLET_WRITERS=str(args.writers), **PRODUCTION_CHECKS)
+            env = infra.service_env(
+                "wallet",
+                LOYALTY_WALLET_WRITERS=str(args.writers),
+                LOYALTY_WALLET_PARALLEL_TRANSFERS_MIN=str(args.parallel_transfers_min),
+                **PRODUCTION_CHECKS,
+            )
             service = ServiceProcess("wallet", env).start()
             try:
                 assert service.process is not None
                 print(
                     f"wallet: {args.members} members, {args.runs} x {args.seconds:g} s per scenario, one wallet "
-                    f"process (pid {service.process.pid}), client in its own process, {os.cpu_count()} cores",
+                    f"process (pid {service.process.pid}, a second transaction at "
+                    f"{args.parallel_transfers_min} transfers waiting), client in its own process, "
+                    f"{os.cpu_count()} cores",
                     flush=True,
                 )
                 accounts = uvloop.run(setup(service.grpc_address, args.members))

@@ -24,6 +24,9 @@ def test_wallet_benchmark_runs_clean() -> None:
             "200",
             "--in-flight",
             "16",
+            # The other writer setting than the service's default, which every other test uses.
+            "--parallel-transfers-min",
+            "100",
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -41,3 +44,4 @@ def test_wallet_benchmark_runs_clean() -> None:
         assert all(line.endswith("errors 0") for line in lines), output
     assert "sum of posted 0," in result.stdout, output
     assert "(equal)" in result.stdout, output
+    assert "a second transaction at 100 transfers waiting" in result.stdout, output
