@@ -116,18 +116,20 @@ def _start_wave(stack: Stack, wave: tuple[str, ...], env: Mapping[str, Mapping[s
 @dataclass(frozen=True)
 class CpuMeter:
     """CPU seconds used so far by named processes (PostgreSQL with all its backends), by this
-    process (the load generator), and by the whole machine."""
+    process (the load generator, as `own`), and by the whole machine."""
 
     pids: Mapping[str, int]
     trees: frozenset[str] = frozenset({"postgres"})
+    own: str = "driver"
 
     def snapshot(self) -> dict[str, float]:
-        """Per process; a tree's processes as "<name>#<pid>" (see cpu_spent)."""
+        """Per process; a tree's processes as "<name>#<pid>", and "<name>#reaped" for those of
+        them that ended (see cpu_spent)."""
         cpu: dict[str, float] = {}
         for name, pid in self.pids.items():
             cpu.update(_cpu_of(name, pid, tree=name in self.trees))
         box = psutil.cpu_times()
-        cpu["driver"] = time.process_time()
+        cpu[self.own] = time.process_time()
         cpu["box_busy"] = box.user + box.nice + box.system + box.irq + box.softirq
         cpu["box_capacity"] = time.perf_counter() * (os.cpu_count() or 1)
         return cpu
@@ -135,26 +137,35 @@ class CpuMeter:
 
 def _cpu_of(name: str, pid: int, *, tree: bool) -> dict[str, float]:
     process = psutil.Process(pid)
+    times = process.cpu_times()
     if not tree:
-        return {name: _cpu(process)}
-    cpu = {f"{name}#{pid}": _cpu(process)}
+        return {name: times.user + times.system}
+    # When the root reaps a child (the postmaster its backends), the kernel adds the child's whole
+    # CPU time to the root's children_* times.
+    cpu = {f"{name}#{pid}": times.user + times.system, f"{name}#reaped": times.children_user + times.children_system}
     for child in process.children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            cpu[f"{name}#{child.pid}"] = _cpu(child)
+            child_times = child.cpu_times()
+            cpu[f"{name}#{child.pid}"] = child_times.user + child_times.system
     return cpu
 
 
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
 def cpu_spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
-    """CPU seconds per name between two snapshots. A tree sums its processes: those that started
-    in between count whole, those that ended in between are lost (a PostgreSQL backend of a
-    connection closed meanwhile), rather than subtracting their whole past."""
+    """CPU seconds per name between two snapshots. A tree sums its processes: one that started in
+    between counts whole; one that ended in between (a PostgreSQL backend of a closed connection,
+    an autovacuum worker) counts through the root's reaped total, which holds its whole life, less
+    what it had used by the first snapshot. One that psutil could not read the second time, and
+    that is not reaped yet, is lost rather than subtracted."""
+    used_by_ended: dict[str, float] = {}
+    for key, value in before.items():
+        if key not in after:
+            name = key.partition("#")[0]
+            used_by_ended[name] = used_by_ended.get(name, 0.0) + value
     spent: dict[str, float] = {}
     for key, value in after.items():
-        name = key.partition("#")[0]
-        spent[name] = spent.get(name, 0.0) + max(0.0, value - before.get(key, 0.0))
+        name, _, member = key.partition("#")
+        change = value - before.get(key, 0.0)
+        if member == "reaped":
+            change -= used_by_ended.get(name, 0.0)
+        spent[name] = spent.get(name, 0.0) + max(0.0, change)
     return spent

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -49,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import psutil
 import uvloop
 from grpc import aio
 from loyalty.common.v1 import types_pb2
@@ -58,7 +56,7 @@ from loyalty.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from loadtests import pyspy
 from loadtests.bench_calibration import PAYLOAD
-from loadtests.bench_stack import PRODUCTION_CHECKS, analyze
+from loadtests.bench_stack import PRODUCTION_CHECKS, CpuMeter, analyze, cpu_spent
 from loadtests.driver import RunResult, closed_loop
 from services.wallet import store
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -124,30 +122,14 @@ class Report:
 
 @dataclass(frozen=True)
 class CpuWatch:
-    """CPU seconds used so far by the wallet process, PostgreSQL, this process and the machine."""
+    """Where the CPU goes during a run: the wallet process, PostgreSQL's process tree, this
+    client process and the machine (bench_stack's meter)."""
 
     wallet_pid: int
     postgres_pid: int
 
-    def snapshot(self) -> dict[str, float]:
-        postmaster = psutil.Process(self.postgres_pid)
-        postgres = _cpu(postmaster)
-        for child in postmaster.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                postgres += _cpu(child)
-        box = psutil.cpu_times()
-        return {
-            "client": time.process_time(),
-            "wallet": _cpu(psutil.Process(self.wallet_pid)),
-            "postgres": postgres,
-            "box_busy": box.user + box.nice + box.system + box.irq + box.softirq,
-            "box_capacity": time.perf_counter() * (os.cpu_count() or 1),
-        }
-
-
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
+    def meter(self) -> CpuMeter:
+        return CpuMeter({"wallet": self.wallet_pid, "postgres": self.postgres_pid}, own="client")
 
 
 async def measured(
@@ -156,11 +138,12 @@ async def measured(
     """A warm-up, then the measured closed loop with the CPU each side spent during it. Warm-up
     errors count too: every response is checked."""
     warm_up = await closed_loop(call, in_flight=in_flight, duration_s=min(0.5, seconds), calls_max=calls_max)
-    before = watch.snapshot()
+    meter = watch.meter()
+    before = meter.snapshot()
     result = await closed_loop(call, in_flight=in_flight, duration_s=seconds, calls_max=calls_max)
-    after = watch.snapshot()
+    cpu = cpu_spent(before, meter.snapshot())
     result = RunResult(**{**asdict(result), "errors": result.errors + warm_up.errors})
-    return result, {side: after[side] - before[side] for side in before}
+    return result, cpu
 
 
 # ------------------------------------------------------------------------------------------------
