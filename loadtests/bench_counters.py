@@ -1,6 +1,7 @@
 """How much work one request causes across the platform, read from what the platform already
 counts: the gRPC calls each service served (grpc_server_handled_total on its /metrics), the time
 its writes spent per step (loyalty_<service>_step_seconds, processing's saga steps), the
+collections of its garbage collector and how long they stopped it (loyalty_gc_pause_seconds), the
 transactions each service database committed (pg_stat_database: an autocommit statement is a
 transaction of its own, so this counts database round trips that end in a commit, roughly), and
 the commands Redis processed (INFO stats; Redis is shared by all services).
@@ -51,6 +52,33 @@ def step_times(metrics_text: str, service: str) -> dict[str, float]:
     return times
 
 
+GC_PAUSE = "loyalty_gc_pause_seconds_"
+GC_LONG_PAUSE_S = "0.01"  # a bucket bound of the histogram
+
+
+def gc_pauses(metrics_text: str, service: str) -> dict[str, float]:
+    """ "<service>.gc.count", ".gc.seconds" and ".gc.over_10ms": the collections of a service's
+    garbage collector (every generation), the time they stopped it, and how many took longer
+    than 10 ms (from loyalty_gc_pause_seconds)."""
+    totals = {"count": 0.0, "seconds": 0.0, "short": 0.0}
+    for line in metrics_text.splitlines():
+        if not line.startswith(GC_PAUSE):
+            continue
+        name, _, rest = line[len(GC_PAUSE) :].partition("{")
+        labels_text, _, value = rest.rpartition("} ")
+        if name == "count":
+            totals["count"] += float(value)
+        elif name == "sum":
+            totals["seconds"] += float(value)
+        elif name == "bucket" and f'le="{GC_LONG_PAUSE_S}"' in labels_text:
+            totals["short"] += float(value)
+    return {
+        f"{service}.gc.count": totals["count"],
+        f"{service}.gc.seconds": totals["seconds"],
+        f"{service}.gc.over_10ms": totals["count"] - totals["short"],
+    }
+
+
 def _label(pair: str) -> tuple[str, str]:
     key, _, value = pair.partition("=")
     return key, value.strip('"')
@@ -74,6 +102,7 @@ class Counters:
             text = await asyncio.to_thread(_fetch, address)
             counts.update(rpc_counts(text, service))
             counts.update(step_times(text, service))
+            counts.update(gc_pauses(text, service))
         counts.update(await self._transactions())
         counts["redis.commands"] = await self._redis_commands()
         return counts

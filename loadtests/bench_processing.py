@@ -318,6 +318,7 @@ class Runner:
         say(step_line(made))
         say(f"      per purchase: {work_text(made)}")
         say(f"      mean time per saga step: {steps_text(step_means_ms(made))}")
+        say(f"      garbage collections: {gc_text(gc_pauses(made))}")
         for error in result.first_errors[:3]:
             say(f"      error: {error}")
         return made
@@ -444,10 +445,36 @@ def step_line(step: Step) -> str:
     )
 
 
+def is_work(name: str) -> bool:
+    """An RPC served or a commit (per purchase), not a time or a pause (reported apart)."""
+    return name != "processing.Purchase" and ".step." not in name and ".gc." not in name
+
+
 def work_text(step: Step) -> str:
     """The RPCs each service served and the commits of each database, per purchase."""
-    names = sorted(name for name in step.work if name != "processing.Purchase" and ".step." not in name)
+    names = sorted(name for name in step.work if is_work(name))
     return ", ".join(f"{name} {step.per_purchase(name):.2f}" for name in names)
+
+
+def gc_pauses(step: Step) -> dict[str, tuple[float, float, float]]:
+    """Per process: its garbage collections in the step, the ms they stopped it, those over 10 ms."""
+    return {
+        process: (
+            step.work.get(f"{process}.gc.count", 0.0),
+            1000 * step.work.get(f"{process}.gc.seconds", 0.0),
+            step.work.get(f"{process}.gc.over_10ms", 0.0),
+        )
+        for process in PROCESSES
+        if f"{process}.gc.count" in step.work
+    }
+
+
+def gc_text(pauses: dict[str, tuple[float, float, float]]) -> str:
+    if not pauses:
+        return "none"
+    return ", ".join(
+        f"{process} {count:.0f} ({ms:.1f} ms, {long:.0f} over 10 ms)" for process, (count, ms, long) in pauses.items()
+    )
 
 
 def step_means_ms(step: Step) -> dict[str, float]:
@@ -680,6 +707,7 @@ def median_lines(reports: Sequence[RunReport], args: argparse.Namespace) -> list
             lines.append(f"  cpu per purchase {label} (medians, us): {median_cpu_text(steps)}")
             lines.append(f"  work per purchase {label} (medians): {median_work_text(steps)}")
             lines.append(f"  mean time per saga step {label} (medians): {median_steps_text(steps)}")
+            lines.append(f"  garbage collections {label} (medians): {median_gc_text(steps)}")
     return lines + cpu_ceiling_lines(reports, args)
 
 
@@ -715,10 +743,19 @@ def median_steps_text(steps: Sequence[Step]) -> str:
 
 
 def median_work_text(steps: Sequence[Step]) -> str:
-    names = sorted(
-        {name for step in steps for name in step.work if name != "processing.Purchase" and ".step." not in name}
-    )
+    names = sorted({name for step in steps for name in step.work if is_work(name)})
     return ", ".join(f"{name} {statistics.median(s.per_purchase(name) for s in steps):.2f}" for name in names)
+
+
+def median_gc_text(steps: Sequence[Step]) -> str:
+    per_step = [gc_pauses(step) for step in steps]
+    medians: dict[str, tuple[float, float, float]] = {}
+    for process in PROCESSES:
+        if any(process in pauses for pauses in per_step):
+            seen = [pauses.get(process, (0.0, 0.0, 0.0)) for pauses in per_step]
+            count, ms, long = (statistics.median(values) for values in zip(*seen, strict=True))
+            medians[process] = (count, ms, long)
+    return gc_text(medians)
 
 
 def median_cpu_text(steps: Sequence[Step]) -> str:

@@ -8,8 +8,11 @@ Each process serves its own registry on its own /metrics port; multiprocess mode
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from prometheus_client import Counter, Histogram, start_http_server
@@ -104,6 +107,33 @@ def preinitialize_server_methods(methods: Iterable[tuple[str, str]]) -> None:
     so rate() and absent() work before the first call. `methods` yields (full_method, grpc_type)."""
     for full_method, grpc_type in methods:
         resolve_series(side="server", grpc_type=grpc_type, full_method=full_method)
+
+
+# Every pause of the cyclic garbage collector: a collection stops the whole process (every call
+# in flight), so one long one shows as a latency tail in all of them. The counts and objects of
+# the collections are prometheus_client's own python_gc_* metrics; their duration is here.
+GC_PAUSE = Histogram(
+    "loyalty_gc_pause_seconds",
+    "Time the Python cyclic garbage collector stopped the process, per collection, by generation.",
+    ("generation",),
+    buckets=LATENCY_BUCKETS_S,
+)
+_GC_PAUSE_BY_GENERATION = tuple(GC_PAUSE.labels(str(generation)) for generation in range(3))
+_gc_started = 0.0
+
+
+def _time_gc(phase: str, info: dict[str, Any]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        _GC_PAUSE_BY_GENERATION[info["generation"]].observe(time.perf_counter() - _gc_started)
+
+
+def time_gc_pauses() -> None:
+    """Record every collection's pause in GC_PAUSE from now on (once per process)."""
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
 
 
 def serve_metrics(*, host: str, port: int) -> int:
