@@ -27,9 +27,10 @@ card purchases also spend points; `--phone-share` of the purchases identify the 
 A wrong answer fails the benchmark; an RPC error fails the step (and its member leaves the
 rotation, its balance no longer known). Each step reports, per purchase, the CPU every process
 spent and the work it caused (loadtests/bench_counters.py: RPCs served, database commits,
-Redis commands). At the end the ledgers are checked across services: the wallet balances (sum
-zero), the members' points = welcome points + what processing's CAPTURED purchases accrued
-minus spent, and that equals what the driver saw answered. Exit status 1 on a wrong answer or
+Redis commands), and each service's garbage collections with the time they stopped it. At the
+end the ledgers are checked across services: the wallet balances (sum zero), the members'
+points = welcome points + what processing's CAPTURED purchases accrued minus spent, and that
+equals what the driver saw answered. Exit status 1 on a wrong answer or
 ledger; errors of overload are measurements.
 
 Report: per run and the medians of the runs: the sustained rate, p50/p99 at `--at-rate`, the

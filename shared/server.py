@@ -104,7 +104,7 @@ async def serve(config: ServiceConfig, register: Register, *, traced: bool) -> N
 # The young generation's threshold bounds each pause (loyalty_gc_pause_seconds): grpc.aio's
 # server leaves a reference cycle of 5 objects per incoming call (its _find_method_handler scope
 # and the query_handlers closure), which only a collection frees. At 50,000 a collection freed
-# about 10,000 calls' worth and stopped cards, processing or the wallet for 18-83 ms, a latency
+# about 10,000 calls' worth and stopped cards, processing or the wallet for 13-84 ms, a latency
 # tail for every call in flight; at 5,000 the pauses stay under 7 ms, with no change in CPU per
 # purchase or per transfer beyond the benchmarks' noise.
 GC_THRESHOLDS = (5_000, 20, 100)
