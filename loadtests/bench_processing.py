@@ -319,7 +319,7 @@ class Runner:
         say(step_line(made))
         say(f"      per purchase: {work_text(made)}")
         say(f"      mean time per saga step: {steps_text(step_means_ms(made))}")
-        say(f"      garbage collections: {gc_text(gc_pauses(made))}")
+        say(f"      garbage collections: {gc_text(step_gc_pauses(made))}")
         for error in result.first_errors[:3]:
             say(f"      error: {error}")
         return made
@@ -457,7 +457,7 @@ def work_text(step: Step) -> str:
     return ", ".join(f"{name} {step.per_purchase(name):.2f}" for name in names)
 
 
-def gc_pauses(step: Step) -> dict[str, tuple[float, float, float]]:
+def step_gc_pauses(step: Step) -> dict[str, tuple[float, float, float]]:
     """Per process: its garbage collections in the step, the ms they stopped it, those over 10 ms."""
     return {
         process: (
@@ -749,7 +749,7 @@ def median_work_text(steps: Sequence[Step]) -> str:
 
 
 def median_gc_text(steps: Sequence[Step]) -> str:
-    per_step = [gc_pauses(step) for step in steps]
+    per_step = [step_gc_pauses(step) for step in steps]
     medians: dict[str, tuple[float, float, float]] = {}
     for process in PROCESSES:
         if any(process in pauses for pauses in per_step):
